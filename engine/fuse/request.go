@@ -1,0 +1,348 @@
+package fuse
+
+import (
+	"encoding/binary"
+	"errors"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// Scatter is a list of byte segments, normally slices of guest RAM. The
+// segments are owned by whoever built the list (the queue thread); a Scatter
+// must not be retained past the request it belongs to.
+type Scatter [][]byte
+
+// Len returns the total number of bytes in s.
+func (s Scatter) Len() int {
+	n := 0
+	for _, b := range s {
+		n += len(b)
+	}
+	return n
+}
+
+// CopyOut copies up to len(dst) bytes from the start of s into dst and
+// returns the number of bytes copied.
+func (s Scatter) CopyOut(dst []byte) int {
+	n := 0
+	for _, b := range s {
+		if n == len(dst) {
+			break
+		}
+		n += copy(dst[n:], b)
+	}
+	return n
+}
+
+// CopyIn copies src into s starting at byte offset off and returns the number
+// of bytes copied (short when s is too small).
+func (s Scatter) CopyIn(off int, src []byte) int {
+	n := 0
+	for _, b := range s {
+		if len(src) == n {
+			break
+		}
+		if off >= len(b) {
+			off -= len(b)
+			continue
+		}
+		n += copy(b[off:], src[n:])
+		off = 0
+	}
+	return n
+}
+
+// Slice appends to dst the segments covering bytes [off, off+n) of s
+// (clamped to s's length) and returns dst. No bytes are copied.
+func (s Scatter) Slice(dst Scatter, off, n int) Scatter {
+	for _, b := range s {
+		if n <= 0 {
+			break
+		}
+		if off >= len(b) {
+			off -= len(b)
+			continue
+		}
+		b = b[off:]
+		off = 0
+		if len(b) > n {
+			b = b[:n]
+		}
+		dst = append(dst, b)
+		n -= len(b)
+	}
+	return dst
+}
+
+// Iovecs fills iov (reusing its backing array) with one iovec per non-empty
+// segment of s, for preadv/pwritev straight to and from guest RAM.
+func (s Scatter) Iovecs(iov []unix.Iovec) []unix.Iovec {
+	iov = iov[:0]
+	for _, b := range s {
+		if len(b) == 0 {
+			continue
+		}
+		v := unix.Iovec{Base: &b[0]}
+		v.SetLen(len(b))
+		iov = append(iov, v)
+	}
+	return iov
+}
+
+// ArgLimit is the most request bytes (after the in header) copied out of guest
+// RAM into Request.Arg. It covers the largest non-bulk request: SETXATTR with
+// a 64 KiB value plus its name, RENAME2 with two NAME_MAX names. WRITE
+// payloads never count against it: they stay in guest RAM (Request.Data).
+const ArgLimit = 64*1024 + 4096
+
+// Errors returned by Decode. The request is answered with EINVAL when its
+// header could be read (ErrTruncated on the args, ErrTooBig), or dropped
+// (pushed with zero length) when not even the header is there.
+var (
+	ErrShortHeader = errors.New("fuse: request shorter than its in header")
+	ErrBadLength   = errors.New("fuse: in header length disagrees with the buffer")
+	ErrTooBig      = errors.New("fuse: request arguments exceed ArgLimit")
+)
+
+// Request is one decoded FUSE request. Everything but Data is a copy, safe
+// against the guest changing its buffers under us; Data aliases guest RAM and
+// is only read once, by the syscall that consumes it.
+//
+// A Request is reused by its queue thread: handlers must not keep it (or Arg)
+// after Handle returns, except for opcodes marked Blocking, which the
+// dataplane hands over in a request of their own.
+type Request struct {
+	InHeader
+	Arg   []byte  // op-specific bytes after the in header (copy)
+	Data  Scatter // WRITE payload, still in guest RAM (nil for other opcodes)
+	Queue int     // index of the virtqueue the request came from
+
+	argBuf  []byte
+	dataBuf Scatter
+}
+
+// Decode reads a request from the device-readable segments in, reusing r's
+// scratch space (grown to at most ArgLimit).
+func (r *Request) Decode(in Scatter) error {
+	var hb [InHeaderSize]byte
+	if in.CopyOut(hb[:]) < InHeaderSize {
+		return ErrShortHeader
+	}
+	r.InHeader = *(*InHeader)(unsafe.Pointer(&hb[0]))
+	total := in.Len()
+	if r.Len < InHeaderSize || int(r.Len) > total {
+		return ErrBadLength
+	}
+	body := int(r.Len) - InHeaderSize
+	fixed := body
+	r.Data = r.dataBuf[:0]
+	if r.Opcode == OpWrite && body >= WriteInSize {
+		fixed = WriteInSize
+		r.Data = in.Slice(r.Data, InHeaderSize+WriteInSize, body-WriteInSize)
+		r.dataBuf = r.Data[:0]
+	}
+	if fixed > ArgLimit {
+		return ErrTooBig
+	}
+	if cap(r.argBuf) < fixed {
+		r.argBuf = make([]byte, fixed, max(fixed, 4096))
+	}
+	r.Arg = r.argBuf[:fixed]
+	var skip Scatter
+	skip = in.Slice(skip[:0], InHeaderSize, fixed)
+	skip.CopyOut(r.Arg)
+	return nil
+}
+
+// Clone returns a copy of r that owns its Arg, for handing a Blocking request
+// to another goroutine. Data still aliases guest RAM.
+func (r *Request) Clone() *Request {
+	c := &Request{InHeader: r.InHeader, Queue: r.Queue}
+	c.Arg = append([]byte(nil), r.Arg...)
+	c.Data = append(Scatter(nil), r.Data...)
+	return c
+}
+
+// Reply builds the answer to one request directly in the device-writable
+// segments of its descriptor chain.
+type Reply struct {
+	out     Scatter
+	unique  uint64
+	written uint32 // bytes written to out; 0 with noReply
+	noReply bool
+	done    bool
+	iov     []unix.Iovec
+	tail    Scatter
+}
+
+// Reset prepares r to answer the request with the given unique id into out.
+func (r *Reply) Reset(out Scatter, unique uint64) {
+	r.out, r.unique, r.written, r.noReply, r.done = out, unique, 0, false, false
+}
+
+// Written is the number of bytes the reply wrote into guest RAM, the value
+// for the used-ring element.
+func (r *Reply) Written() uint32 { return r.written }
+
+// Done reports whether an answer (or NoReply) was given.
+func (r *Reply) Done() bool { return r.done }
+
+// NoReply marks a request that gets no answer (FORGET, BATCH_FORGET,
+// INTERRUPT): its chain is returned to the guest with zero bytes written.
+func (r *Reply) NoReply() { r.noReply, r.done, r.written = true, true, 0 }
+
+func (r *Reply) header(errno int32, payload int) bool {
+	var hb [OutHeaderSize]byte
+	binary.LittleEndian.PutUint32(hb[0:], uint32(OutHeaderSize+payload))
+	binary.LittleEndian.PutUint32(hb[4:], uint32(errno))
+	binary.LittleEndian.PutUint64(hb[8:], r.unique)
+	return r.out.CopyIn(0, hb[:]) == OutHeaderSize
+}
+
+// Error answers with a negated errno. Errno 0 is a success with no payload.
+func (r *Reply) Error(e unix.Errno) {
+	r.done = true
+	if !r.header(-int32(e), 0) {
+		r.written = 0
+		return
+	}
+	r.written = OutHeaderSize
+}
+
+// Ok answers success with the concatenation of args as payload. If the guest
+// gave too little writable space, the answer is EINVAL... unless even the
+// header does not fit, in which case nothing is written.
+func (r *Reply) Ok(args ...[]byte) {
+	n := 0
+	for _, a := range args {
+		n += len(a)
+	}
+	if OutHeaderSize+n > r.out.Len() {
+		r.Error(unix.EINVAL)
+		return
+	}
+	r.done = true
+	r.header(0, n)
+	off := OutHeaderSize
+	for _, a := range args {
+		off += r.out.CopyIn(off, a)
+	}
+	r.written = uint32(off)
+}
+
+// PayloadRoom is how many payload bytes fit after the out header.
+func (r *Reply) PayloadRoom() int {
+	n := r.out.Len() - OutHeaderSize
+	if n < 0 {
+		return 0
+	}
+	return n
+}
+
+// ReadFile answers a READ by preadv(2) from fd at off straight into guest RAM
+// (no bounce buffer), reading at most size bytes. Short reads are fine (EOF).
+func (r *Reply) ReadFile(fd int, off int64, size int) {
+	if size > r.PayloadRoom() {
+		size = r.PayloadRoom()
+	}
+	r.tail = r.out.Slice(r.tail[:0], OutHeaderSize, size)
+	r.iov = r.tail.Iovecs(r.iov)
+	n := 0
+	for len(r.iov) > 0 {
+		m, err := preadv(fd, r.iov, off+int64(n))
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			if n == 0 {
+				r.Error(err.(unix.Errno))
+				return
+			}
+			break
+		}
+		if m == 0 {
+			break
+		}
+		n += m
+		r.iov = advance(r.iov, m)
+	}
+	r.done = true
+	r.header(0, n)
+	r.written = uint32(OutHeaderSize + n)
+}
+
+// WriteFile performs pwritev(2) of d (guest RAM) to fd at off (off < 0 means
+// the file's current offset, for O_APPEND) and returns bytes written. iov is
+// the caller's reusable scratch.
+func WriteFile(fd int, d Scatter, off int64, iov []unix.Iovec) (int, []unix.Iovec, error) {
+	iov = d.Iovecs(iov)
+	n := 0
+	for len(iov) > 0 {
+		m, err := pwritev(fd, iov, off, n)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			if n == 0 {
+				return 0, iov, err
+			}
+			break
+		}
+		if m == 0 {
+			break
+		}
+		n += m
+		iov = advance(iov, m)
+	}
+	return n, iov, nil
+}
+
+func advance(iov []unix.Iovec, n int) []unix.Iovec {
+	for n > 0 && len(iov) > 0 {
+		if int(iov[0].Len) <= n {
+			n -= int(iov[0].Len)
+			iov = iov[1:]
+			continue
+		}
+		iov[0].Base = (*byte)(unsafe.Add(unsafe.Pointer(iov[0].Base), n))
+		iov[0].Len -= uint64(n)
+		n = 0
+	}
+	return iov
+}
+
+func preadv(fd int, iov []unix.Iovec, off int64) (int, error) {
+	n, _, e := unix.Syscall6(unix.SYS_PREADV, uintptr(fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)), uintptr(off), uintptr(off>>32), 0)
+	if e != 0 {
+		return 0, e
+	}
+	return int(n), nil
+}
+
+// pwritev writes at off+done, or at the current offset when off < 0.
+func pwritev(fd int, iov []unix.Iovec, off int64, done int) (int, error) {
+	var n uintptr
+	var e unix.Errno
+	if off < 0 {
+		n, _, e = unix.Syscall(unix.SYS_WRITEV, uintptr(fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)))
+	} else {
+		o := off + int64(done)
+		n, _, e = unix.Syscall6(unix.SYS_PWRITEV, uintptr(fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)), uintptr(o), uintptr(o>>32), 0)
+	}
+	if e != 0 {
+		return 0, e
+	}
+	return int(n), nil
+}
+
+// Handler serves decoded FUSE requests; engine/passthrough implements it.
+//
+// Handle is called on a queue's locked OS thread, except for requests whose
+// opcode is Blocking: those run on a helper goroutine (with a cloned Request)
+// and complete out of order. Handle must always leave rep Done (answer, error
+// or NoReply) and must never panic on guest input; the dataplane still
+// recovers a panic and answers EIO.
+type Handler interface {
+	Handle(req *Request, rep *Reply)
+}
