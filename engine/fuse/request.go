@@ -3,7 +3,6 @@ package fuse
 import (
 	"encoding/binary"
 	"errors"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -129,7 +128,7 @@ func (r *Request) Decode(in Scatter) error {
 	if in.CopyOut(hb[:]) < InHeaderSize {
 		return ErrShortHeader
 	}
-	r.InHeader = *(*InHeader)(unsafe.Pointer(&hb[0]))
+	Parse(hb[:], &r.InHeader)
 	total := in.Len()
 	if r.Len < InHeaderSize || int(r.Len) > total {
 		return ErrBadLength
@@ -296,44 +295,6 @@ func WriteFile(fd int, d Scatter, off int64, iov []unix.Iovec) (int, []unix.Iove
 		iov = advance(iov, m)
 	}
 	return n, iov, nil
-}
-
-func advance(iov []unix.Iovec, n int) []unix.Iovec {
-	for n > 0 && len(iov) > 0 {
-		if int(iov[0].Len) <= n {
-			n -= int(iov[0].Len)
-			iov = iov[1:]
-			continue
-		}
-		iov[0].Base = (*byte)(unsafe.Add(unsafe.Pointer(iov[0].Base), n))
-		iov[0].Len -= uint64(n)
-		n = 0
-	}
-	return iov
-}
-
-func preadv(fd int, iov []unix.Iovec, off int64) (int, error) {
-	n, _, e := unix.Syscall6(unix.SYS_PREADV, uintptr(fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)), uintptr(off), uintptr(off>>32), 0)
-	if e != 0 {
-		return 0, e
-	}
-	return int(n), nil
-}
-
-// pwritev writes at off+done, or at the current offset when off < 0.
-func pwritev(fd int, iov []unix.Iovec, off int64, done int) (int, error) {
-	var n uintptr
-	var e unix.Errno
-	if off < 0 {
-		n, _, e = unix.Syscall(unix.SYS_WRITEV, uintptr(fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)))
-	} else {
-		o := off + int64(done)
-		n, _, e = unix.Syscall6(unix.SYS_PWRITEV, uintptr(fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)), uintptr(o), uintptr(o>>32), 0)
-	}
-	if e != 0 {
-		return 0, e
-	}
-	return int(n), nil
 }
 
 // Handler serves decoded FUSE requests; engine/passthrough implements it.
