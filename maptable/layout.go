@@ -128,14 +128,10 @@ func computeLayout(slots, valueSize uint64) (layout, error) {
 	}, nil
 }
 
-// maxUsed is the most used slots a table of n slots may hold: about 90%, and
-// always at least one slot short of n so that probes meet a free slot.
+// maxUsed is the most used slots a table of n slots may hold: 90% rounded
+// down, and always at least one slot short of n.
 func maxUsed(n uint32) uint32 {
-	r := n / 10
-	if r == 0 {
-		r = 1
-	}
-	return n - r
+	return n - (n+9)/10
 }
 
 // mix64 is a 64-bit finalizer (murmur3 fmix64).
