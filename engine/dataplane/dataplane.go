@@ -1,0 +1,200 @@
+package dataplane
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
+	"sync"
+
+	"golang.org/x/sys/unix"
+
+	"vfsd/engine/fuse"
+	"vfsd/engine/vhostuser"
+	"vfsd/vring/mem"
+)
+
+// Options configures a Dataplane.
+type Options struct {
+	Handler  fuse.Handler
+	PoolSize int          // goroutines for Blocking requests; 0 means DefaultPoolSize
+	MaxChain int          // cap on descriptors per chain; 0 means the queue size
+	Logger   *slog.Logger // nil means slog.Default()
+}
+
+// Dataplane runs the queues of one device. Its vhostuser.Backend methods are
+// called by the device's goroutine; Close by whoever owns the Dataplane.
+type Dataplane struct {
+	h    fuse.Handler
+	log  *slog.Logger
+	o    Options
+	pool *pool
+
+	mu     sync.Mutex
+	queues map[int]*queue // +checklocks:mu
+	closed bool           // +checklocks:mu
+}
+
+var _ vhostuser.Backend = (*Dataplane)(nil)
+
+// New returns a Dataplane serving requests with o.Handler.
+func New(o Options) (*Dataplane, error) {
+	if o.Handler == nil {
+		return nil, errors.New("dataplane: no handler")
+	}
+	if o.PoolSize == 0 {
+		o.PoolSize = DefaultPoolSize
+	}
+	if o.PoolSize < 1 {
+		return nil, fmt.Errorf("dataplane: pool size %d", o.PoolSize)
+	}
+	if o.MaxChain < 0 {
+		return nil, fmt.Errorf("dataplane: max chain %d", o.MaxChain)
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	d := &Dataplane{h: o.Handler, log: o.Logger, o: o, queues: make(map[int]*queue)}
+	d.pool = newPool(o.PoolSize, d.runJob)
+	return d, nil
+}
+
+// StartQueue starts a queue thread for queue i.
+func (d *Dataplane) StartQueue(i int, c vhostuser.QueueConfig) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return errors.New("dataplane: closed")
+	}
+	if _, ok := d.queues[i]; ok {
+		return fmt.Errorf("dataplane: queue %d already running", i)
+	}
+	q, err := newQueue(d, i, c)
+	if err != nil {
+		return err
+	}
+	d.queues[i] = q
+	go q.run()
+	return nil
+}
+
+// StopQueue stops queue i after its outstanding requests completed and
+// returns its last avail index.
+func (d *Dataplane) StopQueue(i int) (uint16, error) {
+	d.mu.Lock()
+	q, ok := d.queues[i]
+	delete(d.queues, i)
+	d.mu.Unlock()
+	if !ok {
+		return 0, fmt.Errorf("dataplane: queue %d not running", i)
+	}
+	q.mu.Lock()
+	q.stopReq = true
+	q.mu.Unlock()
+	signal(q.ctl)
+	<-q.exited
+	q.release()
+	return q.lastAvail, q.exitErr
+}
+
+// SetMem switches every running queue to t and returns once none of them,
+// nor any request they popped before, uses the previous table.
+func (d *Dataplane) SetMem(t *mem.Table) error {
+	d.mu.Lock()
+	acks := make([]chan error, 0, len(d.queues))
+	for _, q := range d.queues {
+		ack := make(chan error, 1)
+		q.mu.Lock()
+		q.memReq, q.memAck = t, ack
+		q.mu.Unlock()
+		signal(q.ctl)
+		acks = append(acks, ack)
+	}
+	d.mu.Unlock()
+	var first error
+	for _, ack := range acks {
+		if err := <-ack; err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// SetCall replaces the call eventfd of running queue i.
+func (d *Dataplane) SetCall(i int, fd int) error {
+	q, err := d.queue(i)
+	if err != nil {
+		return err
+	}
+	q.notifyMu.Lock()
+	q.call = fd
+	q.notifyMu.Unlock()
+	return nil
+}
+
+// SetErr replaces the err eventfd of running queue i.
+func (d *Dataplane) SetErr(i int, fd int) error {
+	q, err := d.queue(i)
+	if err != nil {
+		return err
+	}
+	q.notifyMu.Lock()
+	q.errFD = fd
+	q.notifyMu.Unlock()
+	return nil
+}
+
+func (d *Dataplane) queue(i int) (*queue, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	q, ok := d.queues[i]
+	if !ok {
+		return nil, fmt.Errorf("dataplane: queue %d not running", i)
+	}
+	return q, nil
+}
+
+// Close stops every queue and the blocking-request pool.
+func (d *Dataplane) Close() error {
+	d.mu.Lock()
+	d.closed = true
+	idx := make([]int, 0, len(d.queues))
+	for i := range d.queues {
+		idx = append(idx, i)
+	}
+	d.mu.Unlock()
+	for _, i := range idx {
+		d.StopQueue(i)
+	}
+	d.pool.close()
+	return nil
+}
+
+// handle calls the Handler, turning a panic or a missing answer into EIO.
+func (d *Dataplane) handle(req *fuse.Request, rep *fuse.Reply, out [][]byte) {
+	defer func() {
+		if p := recover(); p != nil {
+			d.log.Error("panic in FUSE handler", "opcode", req.Opcode, "unique", req.Unique,
+				"panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+			rep.Reset(out, req.Unique)
+			rep.Error(unix.EIO)
+		}
+	}()
+	d.h.Handle(req, rep)
+	if !rep.Done() {
+		d.log.Error("FUSE handler left a request unanswered", "opcode", req.Opcode, "unique", req.Unique)
+		rep.Reset(out, req.Unique)
+		rep.Error(unix.EIO)
+	}
+}
+
+// runJob serves one blocking request on a pool goroutine.
+func (d *Dataplane) runJob(j *job) {
+	j.rep.Reset(j.out, j.req.Unique)
+	d.handle(j.req, &j.rep, j.out)
+	q, c := j.q, completion{head: j.head, written: j.rep.Written(), epoch: j.epoch}
+	clear(j.out)
+	*j = job{out: j.out[:0]}
+	jobs.Put(j)
+	q.complete(c)
+}

@@ -1,0 +1,370 @@
+package dataplane
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"runtime"
+	"sync"
+
+	"golang.org/x/sys/unix"
+
+	"vfsd/engine/fuse"
+	"vfsd/engine/vhostuser"
+	"vfsd/vring"
+	"vfsd/vring/mem"
+)
+
+// pollMillis is the epoll timeout of a queue whose frontend asked for
+// polling (SET_VRING_KICK with VHOST_USER_VRING_NOFD_MASK): no kick eventfd.
+const pollMillis = 1
+
+// completion is a blocking request's answer, handed back to the queue thread.
+type completion struct {
+	head    uint16
+	written uint32
+	epoch   uint64
+}
+
+// queue is one running virtqueue. Fields without an annotation belong to the
+// queue thread.
+type queue struct {
+	d   *Dataplane
+	idx int
+	vq  *vring.Queue
+
+	kick, ctl, done, epfd int // kick is borrowed; ctl, done and epfd are owned
+	exited                chan struct{}
+	lastAvail             uint16 // valid once exited is closed
+	exitErr               error  // valid once exited is closed
+
+	notifyMu sync.Mutex
+	call     int // +checklocks:notifyMu
+	errFD    int // +checklocks:notifyMu
+
+	mu      sync.Mutex
+	comps   []completion // +checklocks:mu: finished blocking requests
+	stopReq bool         // +checklocks:mu
+	memReq  *mem.Table   // +checklocks:mu
+	memAck  chan error   // +checklocks:mu
+
+	// Queue thread state.
+	spare      []completion
+	chain      vring.Chain
+	req        fuse.Request
+	rep        fuse.Reply
+	events     [3]unix.EpollEvent
+	evbuf      [8]byte
+	stopping   bool
+	broken     bool
+	pushed     int    // used elements pushed since the last Publish
+	epoch      uint64 // bumped by every memory table switch
+	pendingCur int    // blocking requests of the current epoch in flight
+	pendingOld int    // blocking requests of older epochs in flight
+	memWait    chan error
+	memErr     error
+}
+
+func newQueue(d *Dataplane, i int, c vhostuser.QueueConfig) (q *queue, err error) {
+	if c.Mem == nil {
+		return nil, fmt.Errorf("dataplane: queue %d: no guest memory", i)
+	}
+	// The used index the driver last saw is the one in guest RAM (the
+	// previous backend may have completed descriptors we never saw popped).
+	b, err := c.Mem.Slice(c.Used+2, 2)
+	if err != nil {
+		return nil, fmt.Errorf("dataplane: queue %d: used ring at %#x: %w", i, c.Used, err)
+	}
+	usedIdx := binary.LittleEndian.Uint16(b)
+	if usedIdx != c.LastAvail {
+		d.log.Warn("used index differs from the vring base: requests in flight at the previous stop are lost",
+			"queue", i, "used_idx", usedIdx, "base", c.LastAvail)
+	}
+	vq, err := vring.New(c.Mem, vring.Config{
+		Size: c.Size, Desc: c.Desc, Avail: c.Avail, Used: c.Used,
+		EventIdx: c.EventIdx, MaxChain: d.o.MaxChain,
+	}, c.LastAvail, usedIdx)
+	if err != nil {
+		return nil, fmt.Errorf("dataplane: queue %d: %w", i, err)
+	}
+	q = &queue{d: d, idx: i, vq: vq, kick: c.Kick, call: c.Call, errFD: c.Err,
+		ctl: -1, done: -1, epfd: -1, exited: make(chan struct{})}
+	defer func() {
+		if err != nil {
+			q.release()
+		}
+	}()
+	if q.ctl, err = newEventfd(); err != nil {
+		return nil, fmt.Errorf("dataplane: queue %d: eventfd: %w", i, err)
+	}
+	if q.done, err = newEventfd(); err != nil {
+		return nil, fmt.Errorf("dataplane: queue %d: eventfd: %w", i, err)
+	}
+	if q.epfd, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
+		return nil, fmt.Errorf("dataplane: queue %d: epoll: %w", i, err)
+	}
+	for _, fd := range [...]int{q.kick, q.ctl, q.done} {
+		if fd < 0 {
+			continue
+		}
+		ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd)}
+		if err = unix.EpollCtl(q.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+			return nil, fmt.Errorf("dataplane: queue %d: epoll add fd %d: %w", i, fd, err)
+		}
+	}
+	q.req.Queue = i
+	return q, nil
+}
+
+// release closes the queue's own fds. Called after the thread exited (or
+// never started). Taking mu first waits out a pool goroutine still inside
+// complete, which signals done under mu.
+func (q *queue) release() {
+	q.mu.Lock()
+	for _, fd := range [...]*int{&q.ctl, &q.done, &q.epfd} {
+		if *fd >= 0 {
+			unix.Close(*fd)
+			*fd = -1
+		}
+	}
+	q.mu.Unlock()
+}
+
+// complete hands a finished blocking request to the queue thread. Called on
+// pool goroutines.
+func (q *queue) complete(c completion) {
+	q.mu.Lock()
+	q.comps = append(q.comps, c)
+	signal(q.done) // under mu: release waits for it before closing done
+	q.mu.Unlock()
+}
+
+// run is the queue thread.
+func (q *queue) run() {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	defer close(q.exited)
+	work := true // serve whatever is already available
+	for {
+		if q.control() {
+			break
+		}
+		q.reap()
+		active := !q.stopping && !q.broken
+		if work && active {
+			work = q.drain()
+		}
+		work = work && active
+		q.publish()
+		timeout := -1
+		switch {
+		case work:
+			timeout = 0
+		case q.kick < 0 && active:
+			timeout = pollMillis
+		}
+		n, err := q.wait(timeout)
+		if err != nil {
+			q.exitErr = err
+			q.fail(err)
+			q.waitPending()
+			break
+		}
+		if q.kick < 0 {
+			work = true
+		}
+		for _, ev := range q.events[:n] {
+			fd := int(ev.Fd)
+			if fd == q.kick {
+				work = true
+			}
+			drainEventfd(fd, q.evbuf[:])
+		}
+	}
+	q.lastAvail = q.vq.LastAvail()
+}
+
+func (q *queue) wait(timeout int) (int, error) {
+	for {
+		n, err := unix.EpollWait(q.epfd, q.events[:], timeout)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return 0, fmt.Errorf("dataplane: queue %d: epoll_wait: %w", q.idx, err)
+		}
+		return n, nil
+	}
+}
+
+// waitPending blocks until every blocking request of the queue completed
+// (used when the queue thread cannot poll any more).
+func (q *queue) waitPending() {
+	for q.pendingCur+q.pendingOld > 0 {
+		var fds [1]unix.PollFd
+		fds[0] = unix.PollFd{Fd: int32(q.done), Events: unix.POLLIN}
+		unix.Poll(fds[:], -1)
+		drainEventfd(q.done, q.evbuf[:])
+		q.reap()
+		q.control()
+	}
+	q.publish()
+}
+
+// control applies requests from the device goroutine and reports whether the
+// thread must exit (stop requested and nothing in flight).
+func (q *queue) control() bool {
+	q.mu.Lock()
+	stop, t, ack := q.stopReq, q.memReq, q.memAck
+	q.memReq, q.memAck = nil, nil
+	q.mu.Unlock()
+	if t != nil {
+		var err error
+		if !q.broken {
+			if err = q.vq.SetMem(t); err != nil {
+				q.fail(err)
+			}
+		}
+		q.pendingOld += q.pendingCur
+		q.pendingCur = 0
+		q.epoch++
+		q.memWait, q.memErr = ack, err
+		q.ackMem()
+	}
+	if stop {
+		q.stopping = true
+	}
+	return q.stopping && q.pendingCur+q.pendingOld == 0
+}
+
+// ackMem answers a pending SetMem once no old-epoch request is in flight.
+func (q *queue) ackMem() {
+	if q.memWait != nil && q.pendingOld == 0 {
+		q.memWait <- q.memErr
+		q.memWait, q.memErr = nil, nil
+	}
+}
+
+// reap pushes the blocking requests that completed.
+func (q *queue) reap() {
+	q.mu.Lock()
+	list := q.comps
+	q.comps = q.spare[:0]
+	q.mu.Unlock()
+	for _, c := range list {
+		if c.epoch == q.epoch {
+			q.pendingCur--
+		} else {
+			q.pendingOld--
+		}
+		q.push(c.head, c.written)
+	}
+	q.spare = list[:0]
+	q.ackMem()
+}
+
+func (q *queue) push(head uint16, written uint32) {
+	if q.broken {
+		return
+	}
+	q.vq.Push(head, written)
+	q.pushed++
+}
+
+// publish makes the pushed used elements visible and notifies the driver
+// once if it asked for it.
+func (q *queue) publish() {
+	if q.pushed == 0 || q.broken {
+		return
+	}
+	q.pushed = 0
+	if q.vq.Publish() {
+		q.notifyMu.Lock()
+		if q.call >= 0 {
+			signal(q.call)
+		}
+		q.notifyMu.Unlock()
+	}
+}
+
+// fail marks the ring broken: nothing more is popped or pushed.
+func (q *queue) fail(err error) {
+	if q.broken {
+		return
+	}
+	q.broken = true
+	q.d.log.Error("virtqueue broken, processing stopped", "queue", q.idx, "err", err)
+	q.notifyMu.Lock()
+	if q.errFD >= 0 {
+		signal(q.errFD)
+	}
+	q.notifyMu.Unlock()
+}
+
+// drain serves available chains until the ring is empty (returns false, with
+// notifications enabled) or the batch budget is spent (returns true, with
+// notifications still disabled: the caller comes back without sleeping).
+func (q *queue) drain() bool {
+	budget := q.vq.Size()
+	for {
+		q.vq.DisableNotify()
+		for budget > 0 {
+			ok, err := q.vq.Pop(&q.chain)
+			if err != nil {
+				if errors.Is(err, vring.ErrBadChain) {
+					q.d.log.Debug("malformed descriptor chain", "queue", q.idx, "head", q.chain.Head, "err", err)
+					q.push(q.chain.Head, 0)
+					budget--
+					continue
+				}
+				q.fail(err)
+				return false
+			}
+			if !ok {
+				break
+			}
+			budget--
+			q.serve()
+		}
+		q.publish()
+		if budget == 0 {
+			return true
+		}
+		if !q.vq.EnableNotify() {
+			return false
+		}
+	}
+}
+
+// serve answers the chain just popped.
+func (q *queue) serve() {
+	c, req, rep := &q.chain, &q.req, &q.rep
+	if err := req.Decode(c.Readable); err != nil {
+		if err == fuse.ErrShortHeader {
+			q.push(c.Head, 0)
+			return
+		}
+		rep.Reset(c.Writable, req.Unique)
+		rep.Error(unix.EINVAL)
+		q.push(c.Head, rep.Written())
+		return
+	}
+	req.Queue = q.idx
+	if fuse.Blocking(req.Opcode) {
+		q.submit()
+		return
+	}
+	rep.Reset(c.Writable, req.Unique)
+	q.d.handle(req, rep, c.Writable)
+	q.push(c.Head, rep.Written())
+}
+
+// submit hands the current request to the blocking pool.
+func (q *queue) submit() {
+	j := jobs.Get().(*job)
+	j.q, j.head, j.epoch = q, q.chain.Head, q.epoch
+	j.req = q.req.Clone()
+	j.out = append(j.out[:0], q.chain.Writable...)
+	q.pendingCur++
+	q.d.pool.submit(j)
+}
