@@ -1,0 +1,135 @@
+# vfsd — build, test, guest rig, demo.
+#
+#   make deps         host packages (apt), the guest kernel (build/kernel/), go modules
+#   make build        build/vfsd and the other binaries under build/
+#   make initramfs    build/initramfs.cpio.gz for the guest
+#   make test         deps, vet, unit + host end-to-end tests, then the guest tests (not skippable)
+#   make test-unit    go vet + go test ./... (no guest boot)
+#   make test-guest   boot the guest on $(DAEMON) and run the verifying workloads
+#   make demo         boot the guest on vfsd with build/demo-share and show what happens
+#   make bench        benchmarks (bench/ harness when present, else the host load generator)
+#   make clean
+#
+# DAEMON=vfsd|virtiofsd selects the virtio-fs daemon the guest talks to
+# (/usr/lib/qemu/virtiofsd is the reference). It defaults to vfsd once cmd/vfsd exists.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := build
+.DELETE_ON_ERROR:
+
+GO ?= go
+BUILD := build
+APT_PACKAGES := qemu-system-x86 fio busybox-static stress-ng cpio util-linux attr
+# Pinned guest kernel; fetch-kernel.sh falls back to what linux-image-amd64 depends on
+# when the archive no longer has it.
+KERNEL_PKG ?= linux-image-6.1.0-56-amd64
+KERNEL_DIR := $(BUILD)/kernel
+INITRAMFS := $(BUILD)/initramfs.cpio.gz
+VFSD_BIN := $(BUILD)/vfsd
+
+HAVE_VFSD := $(if $(wildcard cmd/vfsd/*.go),yes,)
+DAEMON ?= $(if $(HAVE_VFSD),vfsd,virtiofsd)
+GUEST_TIMEOUT ?= 15m
+# Binaries besides vfsd: every tools/* command that exists (package main).
+TOOL_CMDS = $(shell $(GO) list -f '{{if eq .Name "main"}}{{.ImportPath}}{{end}}' ./tools/... ./bench/... 2>/dev/null | grep -v '^vfsd/tools/guest/cmd/')
+
+.PHONY: all deps deps-apt deps-go kernel build initramfs test test-unit test-guest test-guest-ref \
+	demo bench clean
+
+all: build initramfs
+
+# --- dependencies ----------------------------------------------------------
+
+deps: deps-apt kernel deps-go
+
+# apt-get update only when a package is missing; install only what is missing.
+deps-apt:
+	@missing=""; \
+	for p in $(APT_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null | grep -q '^install ok installed$$' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "deps: installing$$missing"; \
+		apt-get update -qq; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	else \
+		echo "deps: host packages present"; \
+	fi
+
+kernel: $(KERNEL_DIR)/release
+
+$(KERNEL_DIR)/release: tools/guest/fetch-kernel.sh
+	@mkdir -p $(BUILD)
+	tools/guest/fetch-kernel.sh $(KERNEL_DIR) $(KERNEL_PKG)
+	@touch $@
+
+deps-go:
+	$(GO) mod download
+
+# --- build -----------------------------------------------------------------
+
+build:
+	@mkdir -p $(BUILD)
+	@if [ -n "$(HAVE_VFSD)" ]; then \
+		echo "go build -o $(VFSD_BIN) ./cmd/vfsd"; \
+		$(GO) build -o $(VFSD_BIN) ./cmd/vfsd; \
+	else \
+		echo "build: cmd/vfsd has no Go files yet; skipping $(VFSD_BIN)"; \
+	fi
+	@for pkg in $(TOOL_CMDS); do \
+		echo "go build -o $(BUILD)/$${pkg##*/} $$pkg"; \
+		$(GO) build -o $(BUILD)/$${pkg##*/} $$pkg; \
+	done
+
+initramfs: $(INITRAMFS)
+
+$(INITRAMFS): $(KERNEL_DIR)/release tools/guest/init tools/guest/mkinitramfs.sh
+	tools/guest/mkinitramfs.sh $(KERNEL_DIR) $@
+
+# --- tests -----------------------------------------------------------------
+
+test: deps
+	$(MAKE) test-unit
+	$(MAKE) test-guest VFSD_GUEST_REQUIRED=1
+
+# Unit and host end-to-end tests. The guest boot test in tools/guest skips here
+# (VFSD_GUEST_BOOT=0, it says so) because test-guest runs it right after.
+test-unit:
+	$(GO) vet ./...
+	VFSD_GUEST_BOOT=0 $(GO) test ./...
+
+# The guest tests. VFSD_GUEST_REQUIRED=1 (set by make test) turns a missing
+# kernel, initramfs, QEMU or daemon into a failure instead of a skip.
+test-guest: build initramfs
+	VFSD_GUEST_DAEMON=$(DAEMON) VFSD_BIN=$(abspath $(VFSD_BIN)) \
+	VFSD_GUEST_KERNEL=$(abspath $(KERNEL_DIR)/vmlinuz) VFSD_GUEST_INITRAMFS=$(abspath $(INITRAMFS)) \
+	VFSD_GUEST_REQUIRED=$${VFSD_GUEST_REQUIRED:-1} \
+		$(GO) test -count=1 -v -timeout $(GUEST_TIMEOUT) -run 'TestGuest' ./tools/guest
+
+# The same guest tests against the reference daemon, to tell a rig problem from a vfsd one.
+test-guest-ref:
+	$(MAKE) test-guest DAEMON=virtiofsd
+
+# --- demo, bench -----------------------------------------------------------
+
+demo: deps build initramfs
+	@rm -rf $(BUILD)/demo-share
+	$(GO) run ./tools/guest/cmd/demo -daemon $(DAEMON) -vfsd $(abspath $(VFSD_BIN)) \
+		-kernel $(abspath $(KERNEL_DIR)/vmlinuz) -initramfs $(abspath $(INITRAMFS)) \
+		-share $(abspath $(BUILD)/demo-share) -workdir $(abspath $(BUILD)/demo)
+
+# The benchmark harness (bench/) is another engineer's; until it has a main
+# package this runs the host load generator (tools/loadgen) if that exists.
+bench: build
+	@if $(GO) list -f '{{.Name}}' ./bench/... 2>/dev/null | grep -qx main; then \
+		echo "go run ./bench/..."; $(GO) run ./bench/...; \
+	elif [ -d tools/loadgen ] && $(GO) list -f '{{.Name}}' ./tools/loadgen 2>/dev/null | grep -qx main; then \
+		echo "bench: no bench/ main package yet; running tools/loadgen"; \
+		$(GO) run ./tools/loadgen; \
+	else \
+		echo "bench: neither bench/ nor tools/loadgen has a main package yet" >&2; exit 1; \
+	fi
+
+clean:
+	rm -rf $(BUILD)

@@ -1,0 +1,314 @@
+package guest
+
+import (
+	"bytes"
+	"context"
+	"crypto/md5"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// TestGuest boots the guest on the selected daemon and runs the full step list
+// (DefaultSteps, or $VFSD_GUEST_STEPS), then checks on the host what the guest
+// wrote. It skips when prerequisites are missing unless VFSD_GUEST_REQUIRED=1.
+func TestGuest(t *testing.T) {
+	required := os.Getenv(EnvRequired) == "1"
+	unavailable := func(format string, a ...any) {
+		t.Helper()
+		msg := fmt.Sprintf(format, a...)
+		if required {
+			t.Fatalf("%s (required: %s=1)", msg, EnvRequired)
+		}
+		t.Skipf("SKIP guest test: %s (set %s=1 to make this a failure; make test does)", msg, EnvRequired)
+	}
+	if os.Getenv(EnvBoot) == "0" {
+		if required {
+			t.Fatalf("%s=0 and %s=1 contradict each other", EnvBoot, EnvRequired)
+		}
+		t.Skipf("SKIP guest boot: %s=0 (make test runs it in make test-guest)", EnvBoot)
+	}
+	if testing.Short() && !required {
+		t.Skip("SKIP guest boot in -short mode")
+	}
+	root, err := RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	kernel, initramfs := Artifacts(root)
+	for _, f := range []string{kernel, initramfs} {
+		if _, err := os.Stat(f); err != nil {
+			unavailable("%v: run `make initramfs` (it fetches the kernel too)", err)
+		}
+	}
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		unavailable("qemu-system-x86_64 not installed: run `make deps`")
+	}
+	if os.Geteuid() != 0 {
+		unavailable("the daemons need root (mknod, chown, namespaces)")
+	}
+
+	daemon := DefaultDaemon(root)
+	tmp := t.TempDir()
+	ctx := context.Background()
+	if dl, ok := t.Deadline(); ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, dl.Add(-15*time.Second))
+		defer cancel()
+	}
+	bin, err := DaemonBinary(ctx, root, daemon, tmp)
+	if err != nil {
+		t.Fatalf("daemon %s: %v", daemon, err)
+	}
+	timeout := 6 * time.Minute
+	if s := os.Getenv(EnvTimeout); s != "" {
+		if timeout, err = time.ParseDuration(s); err != nil {
+			t.Fatalf("%s: %v", EnvTimeout, err)
+		}
+	}
+
+	work := tmp
+	if keep := os.Getenv(EnvKeep); keep != "" {
+		work = keep
+		os.RemoveAll(work)
+	}
+	share := filepath.Join(work, "share")
+	logs := filepath.Join(work, "logs")
+	for _, d := range []string{share, logs} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := PopulateHostFiles(share); err != nil {
+		t.Fatal(err)
+	}
+	steps := Steps()
+	cfg := Config{
+		Daemon:     daemon,
+		DaemonBin:  bin,
+		DaemonArgs: strings.Fields(os.Getenv(EnvDaemonArgs)),
+		SharedDir:  share,
+		Kernel:     kernel,
+		Initramfs:  initramfs,
+		Steps:      steps,
+		WorkDir:    logs,
+		Timeout:    timeout,
+	}
+	if testing.Verbose() {
+		cfg.Console = &prefixWriter{t: t}
+	}
+	t.Logf("daemon %s (%s), steps %s, share %s", daemon, bin, strings.Join(steps, ","), share)
+	res, err := Run(ctx, cfg)
+	if err != nil {
+		t.Fatalf("rig: %v", err)
+	}
+	t.Logf("guest run took %v (first /init line after %v); daemon %s; result: %s",
+		res.Duration.Round(100*time.Millisecond), res.BootToInit.Round(100*time.Millisecond), res.DaemonExit, res.Marker)
+	if !res.Passed {
+		t.Fatalf("guest run on %s failed: %s\n%s", daemon, res.Reason, res.Diagnostics())
+	}
+
+	if slices.Contains(steps, "handoff") {
+		if err := CheckGuestFiles(share); err != nil {
+			t.Errorf("host check of %s/ after the guest ran on %s:\n%v", GuestOutDir, daemon, err)
+		}
+	}
+	if slices.Equal(steps, DefaultSteps) {
+		if err := CheckShareTopLevel(share, HostInDir, GuestOutDir); err != nil {
+			t.Errorf("%v", err)
+		}
+	}
+	if t.Failed() {
+		t.Logf("guest serial console:\n%s", res.Serial())
+	}
+}
+
+// prefixWriter streams console lines into the test log as they arrive.
+type prefixWriter struct{ t *testing.T }
+
+func (w *prefixWriter) Write(p []byte) (int, error) {
+	w.t.Log("serial| " + strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// The guest writes with `yes LABEL | head -c N`; Pattern must be the same bytes.
+func TestPatternMatchesYesHead(t *testing.T) {
+	if _, err := exec.LookPath("busybox"); err != nil {
+		t.Skip("busybox not installed")
+	}
+	for _, tc := range []struct {
+		label string
+		size  int
+	}{{"vfsd guest file 3", 4593}, {"vfsd trunc", 1234}, {"x", 0}, {"page", 4097}} {
+		cmd := exec.Command("busybox", "sh", "-c", fmt.Sprintf("busybox yes '%s' | busybox head -c %d", tc.label, tc.size))
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("%v", err)
+		}
+		if got := Pattern(tc.label, tc.size); !bytes.Equal(got, out) {
+			t.Errorf("Pattern(%q, %d) differs from yes|head (%d vs %d bytes)", tc.label, tc.size, len(got), len(out))
+		}
+	}
+}
+
+func TestParseMarker(t *testing.T) {
+	for _, tc := range []struct {
+		line, want string
+		ok         bool
+	}{
+		{"VFSD-GUEST-RESULT: PASS steps=ops uptime=3.2s", "PASS steps=ops uptime=3.2s", true},
+		{"[   12.3] random: crng initVFSD-GUEST-RESULT: FAIL step=ops-link nlink", "FAIL step=ops-link nlink", true},
+		{"guest: FAIL in step ops: x", "", false},
+		{"VFSD-GUEST-RESULT: maybe", "", false},
+		{"Command line: console=ttyS0 vfsd.test=ops", "", false},
+	} {
+		got, ok := ParseMarker(tc.line)
+		if got != tc.want || ok != tc.ok {
+			t.Errorf("ParseMarker(%q) = %q, %v; want %q, %v", tc.line, got, ok, tc.want, tc.ok)
+		}
+	}
+}
+
+// The kernel command line must never contain the marker (the kernel echoes it).
+func TestCmdlineHasNoMarker(t *testing.T) {
+	c := Config{Steps: DefaultSteps, Tag: "vfsd"}
+	if strings.Contains(c.KernelCmdline(), strings.TrimSpace(Marker)) {
+		t.Fatalf("kernel command line contains the marker: %s", c.KernelCmdline())
+	}
+}
+
+func TestPopulateHostFilesSums(t *testing.T) {
+	dir := t.TempDir()
+	if err := PopulateHostFiles(dir); err != nil {
+		t.Fatal(err)
+	}
+	sums, err := os.ReadFile(filepath.Join(dir, HostInDir, "MD5SUMS"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(sums)), "\n")
+	if len(lines) != 7 {
+		t.Fatalf("MD5SUMS has %d lines, want 7", len(lines))
+	}
+	for _, l := range lines {
+		sum, name, ok := strings.Cut(l, "  ")
+		if !ok {
+			t.Fatalf("bad MD5SUMS line %q", l)
+		}
+		b, err := os.ReadFile(filepath.Join(dir, HostInDir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := fmt.Sprintf("%x", md5.Sum(b)); got != sum {
+			t.Errorf("%s: md5 %s, MD5SUMS says %s", name, got, sum)
+		}
+	}
+}
+
+// makeGuestOut builds, on the host, what the guest's handoff step writes.
+func makeGuestOut(t *testing.T, share string) string {
+	t.Helper()
+	g := filepath.Join(share, GuestOutDir)
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(os.MkdirAll(filepath.Join(g, "sub/deep/er"), 0o755))
+	for i := 0; i < guestFiles; i++ {
+		must(os.WriteFile(filepath.Join(g, fmt.Sprintf("f%d", i)), Pattern(fmt.Sprintf("vfsd guest file %d", i), i*guestFileStep), 0o644))
+	}
+	must(os.WriteFile(filepath.Join(g, "big"), Pattern("vfsd guest big file", guestBigSize), 0o644))
+	must(os.WriteFile(filepath.Join(g, "sub/deep/er/leaf"), []byte("leaf\n"), 0o644))
+	must(os.Symlink("f1", filepath.Join(g, "link")))
+	must(os.Link(filepath.Join(g, "f2"), filepath.Join(g, "hard")))
+	must(unix.Setxattr(filepath.Join(g, "f3"), "user.vfsd.check", []byte("guest-wrote"), 0))
+	must(os.Chmod(filepath.Join(g, "f4"), 0o640))
+	must(os.Chown(filepath.Join(g, "f5"), 4321, 8765))
+	mt := time.Unix(guestMtime, 0)
+	must(os.Chtimes(filepath.Join(g, "f6"), mt, mt))
+	must(syscall.Mkfifo(filepath.Join(g, "fifo"), 0o644))
+	must(os.WriteFile(filepath.Join(g, "renamed"), []byte("renamed\n"), 0o644))
+	must(os.WriteFile(filepath.Join(g, "trunc"), Pattern("vfsd trunc", 1234), 0o644))
+	return g
+}
+
+// CheckGuestFiles accepts a correct tree and reports each kind of damage.
+func TestCheckGuestFiles(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for chown")
+	}
+	share := t.TempDir()
+	g := makeGuestOut(t, share)
+	if err := unix.Setxattr(g, "user.probe", []byte("x"), 0); err != nil {
+		t.Skipf("no user xattrs on %s: %v", g, err)
+	}
+	unix.Removexattr(g, "user.probe")
+	if err := CheckGuestFiles(share); err != nil {
+		t.Fatalf("correct tree rejected: %v", err)
+	}
+	damage := []struct {
+		name string
+		do   func() error
+		want string
+	}{
+		{"content", func() error {
+			f, err := os.OpenFile(filepath.Join(g, "big"), os.O_WRONLY, 0)
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			_, err = f.WriteAt([]byte("X"), 3<<20)
+			return err
+		}, "big: content differs at byte 3145728"},
+		{"size", func() error { return os.Truncate(filepath.Join(g, "f7"), 5) }, "f7: size 5"},
+		{"extra", func() error { return os.WriteFile(filepath.Join(g, "deleted"), nil, 0o644) }, "unexpected entry deleted"},
+		{"missing", func() error { return os.Remove(filepath.Join(g, "sub/deep/er/leaf")) }, "missing entry sub/deep/er/leaf"},
+		{"xattr", func() error { return unix.Removexattr(filepath.Join(g, "f3"), "user.vfsd.check") }, "f3: xattr"},
+		{"mode", func() error { return os.Chmod(filepath.Join(g, "f4"), 0o600) }, "f4: mode 600"},
+		{"owner", func() error { return os.Chown(filepath.Join(g, "f5"), 0, 0) }, "f5: owner 0:0"},
+		{"hardlink", func() error {
+			os.Remove(filepath.Join(g, "hard"))
+			return os.WriteFile(filepath.Join(g, "hard"), Pattern("vfsd guest file 2", 2*guestFileStep), 0o644)
+		}, "hard: inode"},
+		{"symlink", func() error {
+			os.Remove(filepath.Join(g, "link"))
+			return os.Symlink("f2", filepath.Join(g, "link"))
+		}, `link: readlink = "f2"`},
+	}
+	for _, d := range damage {
+		t.Run(d.name, func(t *testing.T) {
+			share := t.TempDir()
+			g = makeGuestOut(t, share)
+			if err := d.do(); err != nil {
+				t.Fatal(err)
+			}
+			err := CheckGuestFiles(share)
+			if err == nil || !strings.Contains(err.Error(), d.want) {
+				t.Fatalf("got %v, want an error containing %q", err, d.want)
+			}
+		})
+	}
+}
+
+func TestCheckShareTopLevel(t *testing.T) {
+	dir := t.TempDir()
+	os.Mkdir(filepath.Join(dir, HostInDir), 0o755)
+	os.Mkdir(filepath.Join(dir, GuestOutDir), 0o755)
+	if err := CheckShareTopLevel(dir, GuestOutDir, HostInDir); err != nil {
+		t.Fatal(err)
+	}
+	os.Mkdir(filepath.Join(dir, "ops"), 0o755)
+	if err := CheckShareTopLevel(dir, GuestOutDir, HostInDir); err == nil {
+		t.Fatal("leftover ops/ not reported")
+	}
+}
