@@ -148,6 +148,25 @@ func newTable(fd int, m mapping, l layout, seed uint64) *Table {
 func Open(fd int) (*Table, error) { return open(fd, nil) }
 
 func open(fd int, hook func()) (*Table, error) {
+	t, err := mapFD(fd)
+	if err != nil {
+		return nil, err
+	}
+	t.hook = hook
+	t.mu.Lock()
+	err = t.recoverLocked()
+	t.hook = nil
+	t.mu.Unlock()
+	if err != nil {
+		t.Close()
+		return nil, fmt.Errorf("maptable: open: %w", err)
+	}
+	return t, nil
+}
+
+// mapFD validates the memfd's seals, size and header and maps a duplicate of
+// it; the table is not repaired yet.
+func mapFD(fd int) (*Table, error) {
 	seals, err := unix.FcntlInt(uintptr(fd), unix.F_GET_SEALS, 0)
 	if err != nil {
 		return nil, fmt.Errorf("maptable: open: fd %d is not a memfd: %w", fd, err)
@@ -181,18 +200,7 @@ func open(fd int, hook func()) (*Table, error) {
 		unix.Close(dfd)
 		return nil, fmt.Errorf("maptable: open: mmap: %w", err)
 	}
-	t := newTable(dfd, m, l, seed)
-	t.hook = hook
-	t.mu.Lock()
-	err = t.recoverLocked()
-	t.mu.Unlock()
-	if err != nil {
-		m.unmap()
-		unix.Close(dfd)
-		return nil, fmt.Errorf("maptable: open: %w", err)
-	}
-	t.hook = nil
-	return t, nil
+	return newTable(dfd, m, l, seed), nil
 }
 
 // FD returns the table's memfd (-1 once closed). It stays owned by the table.
@@ -492,6 +500,11 @@ func (t *Table) Delete(id ID) error {
 	if atomic.LoadUint32(&t.m.slot(t.next(s)).State) == stateFree {
 		newState = stateFree
 	}
+	if newState == stateTomb {
+		// The hint is raised before and lowered after the change it counts,
+		// so a crash leaves it too high, never too low.
+		t.setTombsLocked(t.tombs + 1)
+	}
 	t.beginLocked(opDelete, s)
 	sh := t.m.slot(s)
 	seq := sh.Seq
@@ -503,7 +516,6 @@ func (t *Table) Delete(id ID) error {
 	t.step()
 	t.commitLocked(t.count.Load() - 1)
 	if newState == stateTomb {
-		t.setTombsLocked(t.tombs + 1)
 		if t.tombs >= t.purgeAt {
 			t.purgeLocked()
 		}
@@ -526,7 +538,8 @@ func (t *Table) Delete(id ID) error {
 	return nil
 }
 
-// setTombsLocked records the tombstone count (in the header as a hint).
+// setTombsLocked records the tombstone count (in the header as a hint that
+// may be too high after a crash, never too low).
 // Precondition: t.mu held, table open.
 func (t *Table) setTombsLocked(n uint64) {
 	t.tombs = n
