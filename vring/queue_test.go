@@ -130,6 +130,17 @@ func TestZeroLengthSkipped(t *testing.T) {
 	if err != nil || len(c.Readable) != 1 || len(c.Writable) != 1 || len(c.Readable[0]) != 3 {
 		t.Fatalf("%v %v %v", err, lens(c.Readable), lens(c.Writable))
 	}
+	// Skipped entirely: neither the address nor the direction matters.
+	r.drv.Add(nil, [][2]uint64{{1 << 50, 0}})
+	h, _ := r.drv.Add([][2]uint64{buf(0, 3)}, nil)
+	r.drv.SetDesc(int(h), 1<<50, 0, driver.DescFWrite|driver.DescFNext, (h+1)%8)
+	r.drv.SetDesc(int(h+1)%8, 0x20000, 3, 0, 0)
+	if _, err := r.pop(t); err != nil {
+		t.Fatalf("zero-length outside RAM: %v", err)
+	}
+	if c, err := r.pop(t); err != nil || len(c.Readable) != 1 || len(c.Writable) != 0 {
+		t.Fatalf("zero-length writable before readable: %v", err)
+	}
 }
 
 func TestIndirect(t *testing.T) {
