@@ -208,6 +208,11 @@ func parseHeader(b []byte, size int64) (layout, uint64, error) {
 	if r := ne.Uint32(b[offReserved:]); r != 0 {
 		return layout{}, 0, fmt.Errorf("%w: reserved header field %#x", ErrCorrupt, r)
 	}
+	for off := offCheck + 8; off < offCount; off += 8 {
+		if r := ne.Uint64(b[off:]); r != 0 {
+			return layout{}, 0, fmt.Errorf("%w: reserved header bytes at %d: %#x", ErrCorrupt, off, r)
+		}
+	}
 	if size < 0 || uint64(size) != l.total {
 		return layout{}, 0, fmt.Errorf("%w: memfd is %d bytes, layout (%d slots × %d + %d) needs %d",
 			ErrCorrupt, size, l.slots, l.recordSize, l.headerSize, l.total)
