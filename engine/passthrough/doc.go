@@ -1,0 +1,40 @@
+// Package passthrough is vfsd's filesystem: it serves FUSE requests
+// (fuse.Handler) by passing them through to one host directory, the shared
+// directory, as the C and Rust virtiofsd do.
+//
+// # Inodes and handles
+//
+// A host inode is identified by (st_dev, st_ino, mount id). The FS keeps one
+// O_PATH|O_NOFOLLOW fd per inode the guest knows, and a persistent record in
+// a maptable (nlookup, key, file handle from name_to_handle_at when the host
+// filesystem has one); the record's ID is the nodeid, so a stale nodeid
+// answers ESTALE and never names another file. Nodeid 1 is the shared
+// directory's root. Open files and directories are handles in a second
+// maptable (fh = ID; a bad fh answers EBADF). fds live in in-memory arrays
+// indexed by slot; they cannot live in a memfd.
+//
+// # Guest names
+//
+// Every name is one component (no '/', not empty, at most NAME_MAX, not
+// "." or ".." except for LOOKUP, where ".." of the root is the root) and is
+// resolved with *at syscalls against the parent's fd without following
+// symlinks; host paths are never built from guest names. Operations that
+// need a real fd re-open the O_PATH fd through /proc/self/fd; symlinks are
+// never re-opened (ELOOP) and special files never opened (ENXIO).
+//
+// # Concurrency
+//
+// FS is safe for concurrent use: queue threads call Handle in parallel and
+// Blocking opcodes run on helper goroutines. Lock order (outer first):
+//
+//	dirState.mu (one READDIR per dir handle)
+//	  FS.imu (inode slots, key index, nlookup)  |  FS.hmu (handle slots)
+//	    maptable's lock
+//	FS.smu, lockState.mu: leaves
+//
+// fds are reference-counted by pins (fdRef) so that FORGET or RELEASE racing
+// with a request closes the fd only after that request is done with it.
+//
+// File-creating opcodes run with the requester's fsuid/fsgid on the calling
+// thread (locked for the duration). New sets the process umask to 0.
+package passthrough

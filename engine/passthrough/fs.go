@@ -1,0 +1,445 @@
+package passthrough
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+
+	"vfsd/engine/fuse"
+	"vfsd/maptable"
+)
+
+// Options configures an FS.
+type Options struct {
+	Root  string // shared directory on the host
+	Cache string // "auto" (default), "always", "never" or "metadata"
+	Xattr bool   // serve extended attributes (else the xattr opcodes answer ENOSYS)
+	// Writeback offers FUSE_WRITEBACK_CACHE: the guest caches writes and
+	// sends them with explicit offsets (files are then opened O_RDWR and
+	// without O_APPEND on the host).
+	Writeback bool
+	// AllowDirectIO passes the guest's O_DIRECT to the host open; by default
+	// it is dropped (guest buffers are not aligned for the host's O_DIRECT).
+	AllowDirectIO bool
+	MaxInodes     int // inode map slots (default 1<<20)
+	MaxHandles    int // handle map slots (default 1<<16)
+	// Session, when set, is a session negotiated by an earlier worker: the FS
+	// starts initialized with it (the guest does not send INIT again).
+	Session *fuse.Session
+}
+
+// Timeouts and open flags per cache mode.
+type cachePolicy struct {
+	ttl       uint64 // entry and attr validity, seconds
+	fileFlags uint32 // fuse_open_out.open_flags for files
+	dirFlags  uint32 // for directories
+}
+
+var cachePolicies = map[string]cachePolicy{
+	"":         {ttl: 1},
+	"auto":     {ttl: 1},
+	"always":   {ttl: 86400, fileFlags: fuse.FopenKeepCache, dirFlags: fuse.FopenKeepCache | fuse.FopenCacheDir},
+	"never":    {ttl: 0, fileFlags: fuse.FopenDirectIO, dirFlags: fuse.FopenDirectIO},
+	"metadata": {ttl: 86400, fileFlags: fuse.FopenDirectIO},
+}
+
+// Negotiation limits.
+const (
+	maxWrite      = 1 << 20
+	maxPages      = 256
+	maxBackground = 64
+	congestion    = 48
+	minMinor      = 12 // oldest minor whose struct sizes we emit
+
+	inodeRecSize  = 168 // see inode.go
+	handleRecSize = 16
+)
+
+// offered are the INIT flags a passthrough can honour; FlagWritebackCache is
+// added when Options.Writeback is set.
+const offered = fuse.FlagAsyncRead | fuse.FlagPosixLocks | fuse.FlagAtomicOTrunc |
+	fuse.FlagExportSupport | fuse.FlagBigWrites | fuse.FlagDontMask | fuse.FlagFlockLocks |
+	fuse.FlagAutoInvalData | fuse.FlagDoReaddirplus | fuse.FlagReaddirplusAuto |
+	fuse.FlagAsyncDIO | fuse.FlagParallelDirops | fuse.FlagMaxPages | fuse.FlagCacheSymlinks |
+	fuse.FlagInitExt | fuse.FlagSetxattrExt | fuse.FlagHandleKillprivV2
+
+// FS is a passthrough filesystem over one host directory. It implements
+// fuse.Handler and is safe for concurrent use by all queue threads and the
+// dataplane's helper goroutines for Blocking opcodes.
+//
+// Lock order (outer first): dirState.mu → imu → maptable's own lock;
+// hmu → maptable; smu and lmu are leaves. No lock is held across a
+// syscall on guest-named paths except dirState.mu (READDIR of one handle).
+type FS struct {
+	opts   Options
+	policy cachePolicy
+	procfd int // O_PATH to /proc/self/fd, for re-opening O_PATH fds
+	euid   uint32
+	egid   uint32
+
+	root    *inode
+	inodes  *maptable.Table
+	handles *maptable.Table
+
+	imu sync.RWMutex
+	// +checklocks:imu
+	islots []*inode // by maptable slot; root is not here (nodeid 1)
+	// +checklocks:imu
+	byKey map[maptable.Key]*inode
+
+	hmu sync.RWMutex
+	// +checklocks:hmu
+	hslots []*handle
+
+	smu sync.Mutex
+	// +checklocks:smu
+	sess   fuse.Session
+	flags  atomic.Uint64 // negotiated INIT flags, readable without smu
+	inited atomic.Bool
+
+	locks lockState
+
+	bufs sync.Pool // *scratch
+}
+
+// scratch is per-call memory, pooled so that handlers do not allocate.
+type scratch struct {
+	iov  []unix.Iovec
+	buf  []byte // 64 KiB + slack: readlink, xattrs, getdents
+	out  []byte // READDIR reply
+	name [24]byte
+}
+
+const (
+	scratchBuf  = fuse.XattrSizeMax + 4096
+	maxReaddir  = 128 << 10
+	getdentsBuf = 32 << 10
+)
+
+func (fs *FS) getScratch() *scratch  { return fs.bufs.Get().(*scratch) }
+func (fs *FS) putScratch(s *scratch) { fs.bufs.Put(s) }
+
+// New opens o.Root and creates the inode and handle maps. It sets the
+// process umask to 0: modes reach the host exactly as the guest computed
+// them (the guest's umask is applied per request).
+func New(o Options) (*FS, error) {
+	pol, ok := cachePolicies[o.Cache]
+	if !ok {
+		return nil, fmt.Errorf("passthrough: unknown cache mode %q", o.Cache)
+	}
+	if o.MaxInodes <= 0 {
+		o.MaxInodes = 1 << 20
+	}
+	if o.MaxHandles <= 0 {
+		o.MaxHandles = 1 << 16
+	}
+	fs := &FS{opts: o, policy: pol, procfd: -1, byKey: make(map[maptable.Key]*inode),
+		euid: uint32(unix.Geteuid()), egid: uint32(unix.Getegid())}
+	fs.bufs.New = func() any {
+		return &scratch{buf: make([]byte, scratchBuf), iov: make([]unix.Iovec, 0, 64)}
+	}
+	fs.locks.init()
+	unix.Umask(0)
+
+	var err error
+	fail := func(what string, e error) (*FS, error) {
+		fs.Close()
+		return nil, fmt.Errorf("passthrough: %s: %w", what, e)
+	}
+	fs.procfd, err = unix.Open("/proc/self/fd", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fail("open /proc/self/fd", err)
+	}
+	rootfd, err := unix.Open(o.Root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fail("open root "+o.Root, err)
+	}
+	var st unix.Statx_t
+	if err := statxFd(rootfd, &st); err != nil {
+		unix.Close(rootfd)
+		return fail("statx root", err)
+	}
+	if fs.inodes, err = maptable.Create("vfsd-inodes", o.MaxInodes, inodeRecSize); err != nil {
+		unix.Close(rootfd)
+		return fail("inode map", err)
+	}
+	if fs.handles, err = maptable.Create("vfsd-handles", o.MaxHandles, handleRecSize); err != nil {
+		unix.Close(rootfd)
+		return fail("handle map", err)
+	}
+	fs.root = &inode{key: keyOf(&st), typ: unix.S_IFDIR}
+	fs.root.fd = rootfd
+	var rec [inodeRecSize]byte
+	fs.encodeInodeRec(rec[:], fs.root)
+	if fs.root.tid, err = fs.inodes.Insert(fs.root.key, rec[:]); err != nil {
+		return fail("root record", err)
+	}
+	fs.byKey[fs.root.key] = fs.root
+	if o.Session != nil && o.Session.Initialized {
+		fs.setSession(*o.Session)
+	}
+	return fs, nil
+}
+
+// Session returns the negotiated session (Initialized false before INIT and
+// after DESTROY), for the worker to persist.
+func (fs *FS) Session() fuse.Session {
+	fs.smu.Lock()
+	defer fs.smu.Unlock()
+	return fs.sess
+}
+
+func (fs *FS) setSession(s fuse.Session) {
+	fs.smu.Lock()
+	fs.sess = s
+	fs.smu.Unlock()
+	fs.flags.Store(s.Flags)
+	fs.inited.Store(s.Initialized)
+}
+
+func (fs *FS) has(flag uint64) bool { return fs.flags.Load()&flag != 0 }
+
+// Close releases every fd and both maps. Requests must have stopped.
+func (fs *FS) Close() error {
+	fs.locks.cancelAll()
+	fs.hmu.Lock()
+	for i, h := range fs.hslots {
+		if h != nil {
+			fs.hslots[i] = nil
+			h.kill()
+		}
+	}
+	fs.hmu.Unlock()
+	fs.imu.Lock()
+	for i, in := range fs.islots {
+		if in != nil {
+			fs.islots[i] = nil
+			in.kill()
+		}
+	}
+	clear(fs.byKey)
+	fs.imu.Unlock()
+	var errs []error
+	if fs.root != nil {
+		fs.root.kill()
+		fs.root = nil
+	}
+	if fs.procfd >= 0 {
+		unix.Close(fs.procfd)
+		fs.procfd = -1
+	}
+	if fs.inodes != nil {
+		errs = append(errs, fs.inodes.Close())
+		fs.inodes = nil
+	}
+	if fs.handles != nil {
+		errs = append(errs, fs.handles.Close())
+		fs.handles = nil
+	}
+	return errors.Join(errs...)
+}
+
+// opFunc handles one opcode; arg is the request's bytes after the in header
+// (extensions stripped), at least the op's minimum length.
+type opFunc func(fs *FS, req *fuse.Request, rep *fuse.Reply, arg []byte)
+
+type opEntry struct {
+	fn  opFunc
+	min int // fixed argument bytes required
+}
+
+// ops is the dispatch table, indexed by opcode. Missing entries answer ENOSYS.
+var ops = [fuse.OpMax]opEntry{
+	fuse.OpInit:          {(*FS).opInit, fuse.InitInCompatSize},
+	fuse.OpDestroy:       {(*FS).opDestroy, 0},
+	fuse.OpLookup:        {(*FS).opLookup, 0},
+	fuse.OpForget:        {(*FS).opForget, fuse.ForgetInSize},
+	fuse.OpBatchForget:   {(*FS).opBatchForget, fuse.BatchForgetInSize},
+	fuse.OpGetattr:       {(*FS).opGetattr, 0}, // 7.9+ sends fuse_getattr_in; tolerate older
+	fuse.OpSetattr:       {(*FS).opSetattr, fuse.SetattrInSize},
+	fuse.OpStatx:         {(*FS).opStatx, fuse.StatxInSize},
+	fuse.OpReadlink:      {(*FS).opReadlink, 0},
+	fuse.OpSymlink:       {(*FS).opSymlink, 0},
+	fuse.OpMknod:         {(*FS).opMknod, fuse.MknodInSize},
+	fuse.OpMkdir:         {(*FS).opMkdir, fuse.MkdirInSize},
+	fuse.OpUnlink:        {(*FS).opUnlink, 0},
+	fuse.OpRmdir:         {(*FS).opRmdir, 0},
+	fuse.OpRename:        {(*FS).opRename, fuse.RenameInSize},
+	fuse.OpRename2:       {(*FS).opRename2, fuse.Rename2InSize},
+	fuse.OpLink:          {(*FS).opLink, fuse.LinkInSize},
+	fuse.OpOpen:          {(*FS).opOpen, fuse.OpenInSize},
+	fuse.OpCreate:        {(*FS).opCreate, fuse.CreateInSize},
+	fuse.OpTmpfile:       {(*FS).opTmpfile, fuse.CreateInSize},
+	fuse.OpRead:          {(*FS).opRead, fuse.ReadInSize},
+	fuse.OpWrite:         {(*FS).opWrite, fuse.WriteInSize},
+	fuse.OpFlush:         {(*FS).opFlush, fuse.FlushInSize},
+	fuse.OpRelease:       {(*FS).opRelease, fuse.ReleaseInSize},
+	fuse.OpFsync:         {(*FS).opFsync, fuse.FsyncInSize},
+	fuse.OpOpendir:       {(*FS).opOpendir, fuse.OpenInSize},
+	fuse.OpReaddir:       {(*FS).opReaddir, fuse.ReadInSize},
+	fuse.OpReaddirplus:   {(*FS).opReaddirplus, fuse.ReadInSize},
+	fuse.OpReleasedir:    {(*FS).opReleasedir, fuse.ReleaseInSize},
+	fuse.OpFsyncdir:      {(*FS).opFsyncdir, fuse.FsyncInSize},
+	fuse.OpStatfs:        {(*FS).opStatfs, 0},
+	fuse.OpAccess:        {(*FS).opAccess, fuse.AccessInSize},
+	fuse.OpFallocate:     {(*FS).opFallocate, fuse.FallocateInSize},
+	fuse.OpLseek:         {(*FS).opLseek, fuse.LseekInSize},
+	fuse.OpCopyFileRange: {(*FS).opCopyFileRange, fuse.CopyFileRangeInSize},
+	fuse.OpSyncfs:        {(*FS).opSyncfs, 0},
+	fuse.OpSetxattr:      {(*FS).opSetxattr, fuse.SetxattrInCompat},
+	fuse.OpGetxattr:      {(*FS).opGetxattr, fuse.GetxattrInSize},
+	fuse.OpListxattr:     {(*FS).opListxattr, fuse.GetxattrInSize},
+	fuse.OpRemovexattr:   {(*FS).opRemovexattr, 0},
+	fuse.OpGetlk:         {(*FS).opGetlk, fuse.LkInSize},
+	fuse.OpSetlk:         {(*FS).opSetlk, fuse.LkInSize},
+	fuse.OpSetlkw:        {(*FS).opSetlkw, fuse.LkInSize},
+	fuse.OpInterrupt:     {(*FS).opInterrupt, fuse.InterruptInSize},
+}
+
+// noReplyOp reports opcodes that never get an answer.
+func noReplyOp(op uint32) bool {
+	return op == fuse.OpForget || op == fuse.OpBatchForget || op == fuse.OpInterrupt
+}
+
+// recoverPanics is cleared by tests so that a panic fails them loudly.
+var recoverPanics = true
+
+// Handle serves one request. It always leaves rep Done.
+func (fs *FS) Handle(req *fuse.Request, rep *fuse.Reply) {
+	if recoverPanics {
+		defer func() {
+			if recover() != nil {
+				rep.Error(unix.EIO)
+			}
+		}()
+	}
+	op := req.Opcode
+	arg := req.Arg
+	if ext := int(req.TotalExtlen) * 8; ext > 0 {
+		// Extensions (security context, supplementary group) are only sent
+		// when negotiated, and we negotiate none: strip, never interpret.
+		if ext > len(arg) || op == fuse.OpWrite {
+			fs.fail(rep, op, unix.EINVAL)
+			return
+		}
+		arg = arg[:len(arg)-ext]
+	}
+	if op >= fuse.OpMax || ops[op].fn == nil {
+		fs.fail(rep, op, unix.ENOSYS)
+		return
+	}
+	if !fs.inited.Load() && op != fuse.OpInit {
+		fs.fail(rep, op, unix.EIO)
+		return
+	}
+	e := &ops[op]
+	if len(arg) < e.min {
+		fs.fail(rep, op, unix.EINVAL)
+		return
+	}
+	e.fn(fs, req, rep, arg)
+	if !rep.Done() {
+		rep.Error(unix.EIO)
+	}
+}
+
+// fail answers an error, or nothing for opcodes that get no reply.
+func (fs *FS) fail(rep *fuse.Reply, op uint32, e unix.Errno) {
+	if noReplyOp(op) {
+		rep.NoReply()
+		return
+	}
+	rep.Error(e)
+}
+
+// errno maps any error to the errno the guest sees (EIO when unknown).
+func errno(err error) unix.Errno {
+	var e unix.Errno
+	if errors.As(err, &e) {
+		return e
+	}
+	switch {
+	case errors.Is(err, maptable.ErrFull):
+		return unix.ENFILE
+	case errors.Is(err, maptable.ErrStale):
+		return unix.ESTALE
+	}
+	return unix.EIO
+}
+
+func (fs *FS) opInit(req *fuse.Request, rep *fuse.Reply, arg []byte) {
+	var in fuse.InitIn
+	if !fuse.ParsePrefix(arg, &in, fuse.InitInCompatSize) {
+		rep.Error(unix.EINVAL)
+		return
+	}
+	if fs.inited.Load() {
+		rep.Error(unix.EPROTO)
+		return
+	}
+	out := fuse.InitOut{Major: fuse.KernelVersion, Minor: fuse.KernelMinorVersion}
+	if in.Major > fuse.KernelVersion {
+		// The guest retries with our major.
+		rep.Ok(fuse.Bytes(&out)[:fuse.InitOutCompat5])
+		return
+	}
+	if in.Major < fuse.KernelVersion || in.Minor < minMinor {
+		rep.Error(unix.EPROTO)
+		return
+	}
+	out.Minor = min(in.Minor, fuse.KernelMinorVersion)
+	guest := uint64(in.Flags)
+	if in.Flags&fuse.FlagInitExt != 0 && len(arg) >= 20 {
+		guest |= uint64(in.Flags2) << 32
+	}
+	offer := uint64(offered)
+	if fs.opts.Writeback {
+		offer |= fuse.FlagWritebackCache
+	}
+	neg := guest & offer
+	out.Flags = uint32(neg)
+	out.Flags2 = uint32(neg >> 32)
+	out.MaxReadahead = in.MaxReadahead
+	out.MaxBackground = maxBackground
+	out.CongestionThreshold = congestion
+	out.MaxWrite = maxWrite
+	out.TimeGran = 1
+	out.MaxPages = maxPages
+	size := fuse.InitOutSize
+	if out.Minor < 23 {
+		size = fuse.InitOutCompat22
+	}
+	fs.setSession(fuse.Session{Major: out.Major, Minor: out.Minor, Flags: neg,
+		MaxReadahead: in.MaxReadahead, MaxWrite: maxWrite, MaxPages: maxPages, Initialized: true})
+	rep.Ok(fuse.Bytes(&out)[:size])
+}
+
+// opDestroy ends the session: pending lock waits end, every handle is closed
+// and every inode but the root forgotten. A new INIT may follow (remount).
+func (fs *FS) opDestroy(req *fuse.Request, rep *fuse.Reply, arg []byte) {
+	fs.locks.cancelAll()
+	fs.hmu.Lock()
+	for i, h := range fs.hslots {
+		if h != nil {
+			fs.hslots[i] = nil
+			fs.handles.Delete(maptable.ID(h.id))
+			h.kill()
+		}
+	}
+	fs.hmu.Unlock()
+	fs.imu.Lock()
+	for i, in := range fs.islots {
+		if in != nil {
+			fs.islots[i] = nil
+			delete(fs.byKey, in.key)
+			fs.inodes.Delete(in.tid)
+			in.kill()
+		}
+	}
+	fs.imu.Unlock()
+	fs.setSession(fuse.Session{})
+	rep.Ok()
+}
