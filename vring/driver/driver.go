@@ -304,8 +304,7 @@ func (r *Ring) PollUsed() (head uint16, written uint32, ok bool) {
 	r.inflight--
 	r.lastUsed++
 	if r.eventIdx && r.availFlags&ring.AvailFNoInterrupt == 0 {
-		ring.Store16(r.avail, ring.UsedEventOff(r.size), r.lastUsed)
-		ring.Fence()
+		ring.Store16(r.avail, ring.UsedEventOff(r.size), r.lastUsed) // a full barrier
 	}
 	return head, written, true
 }
@@ -385,7 +384,6 @@ func (r *Ring) SetAvailFlags(f uint16) {
 // SetUsedEvent writes used_event.
 func (r *Ring) SetUsedEvent(v uint16) {
 	ring.Store16(r.avail, ring.UsedEventOff(r.size), v)
-	ring.Fence()
 }
 
 // AvailIdx returns the published avail.idx.

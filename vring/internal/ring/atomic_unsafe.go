@@ -28,14 +28,22 @@ import (
 //     entries and used elements written before it are visible first. The word
 //     must be 4-aligned (used rings are by spec; the driver lays out its avail
 //     ring 16-aligned; the device never stores to avail).
-//   - The event fields the writer owns alone but which share their word with
+//   - The fields a side owns alone but which share their 4-byte word with
 //     something it does not own (avail_event ends the used ring, used_event ends
-//     the avail ring; flags alone): Store16, a plain 16-bit store. Where the
-//     order matters (before re-checking the other side's index) it is followed
-//     by Fence.
-//   - Fence is a full barrier (store-load included): a locked read-modify-write
-//     on a stack word, like Linux's x86 smp_mb(). Go's atomics are sequentially
-//     consistent, so a StoreWord followed by a Load16 is ordered as well.
+//     the avail ring; used.flags alone): Store16 is a compare-and-swap loop on
+//     the containing aligned word that replaces only its own half. A CAS fails
+//     if the other half changed meanwhile, so no concurrent write is lost; the
+//     bytes outside the field are written back unchanged, and lie in the same
+//     (mapped, writable) page. The CAS is sequentially consistent, i.e. a full
+//     barrier: no separate fence is needed before re-checking the other side.
+//   - Fence is a full barrier (store-load included) for the remaining places: a
+//     locked read-modify-write on a stack word, like Linux's x86 smp_mb().
+//     Go's atomics are sequentially consistent, so a StoreWord followed by a
+//     Load16 is ordered as well.
+//
+// Because every index access is atomic and every ring entry, descriptor and
+// used element is published by one, the protocol is also clean under the race
+// detector when driver and device run in one process (tests, tools/).
 //
 // Virtio 1.x rings are little-endian, hence the build constraint.
 
@@ -60,10 +68,27 @@ func StoreWord(b []byte, off int, lo, hi uint16) {
 	atomic.StoreUint32((*uint32)(unsafe.Pointer(unsafe.SliceData(f))), uint32(lo)|uint32(hi)<<16)
 }
 
-// Store16 is a plain little-endian 16-bit store; follow it with Fence where
-// ordering against later loads matters.
+// Store16 atomically stores the little-endian u16 v at b[off:off+2] (a CAS
+// on the containing aligned word); it is a full barrier. The field's host
+// address must be 2-aligned; an odd address falls back to a plain store.
 func Store16(b []byte, off int, v uint16) {
-	binary.LittleEndian.PutUint16(b[off:off+2], v)
+	f := b[off : off+2]
+	p := unsafe.Pointer(unsafe.SliceData(f))
+	a := uintptr(p)
+	if a&1 != 0 {
+		binary.LittleEndian.PutUint16(f, v)
+		Fence()
+		return
+	}
+	w := (*uint32)(unsafe.Add(p, -int(a&3)))
+	shift := (a & 2) * 8
+	for {
+		old := atomic.LoadUint32(w)
+		nw := old&^(0xffff<<shift) | uint32(v)<<shift
+		if atomic.CompareAndSwapUint32(w, old, nw) {
+			return
+		}
+	}
 }
 
 // Fence is a full memory barrier.

@@ -47,3 +47,16 @@ func TestLoadStore(t *testing.T) {
 		t.Fatal("Aligned")
 	}
 }
+
+func TestStore16KeepsNeighbour(t *testing.T) {
+	b := make([]byte, 8)
+	StoreWord(b, 0, 0xaaaa, 0xbbbb)
+	Store16(b, 2, 0x1234)
+	if Load16(b, 0) != 0xaaaa || Load16(b, 2) != 0x1234 {
+		t.Fatalf("% x", b[:4])
+	}
+	Store16(b, 0, 0x5678)
+	if Load16(b, 0) != 0x5678 || Load16(b, 2) != 0x1234 {
+		t.Fatalf("% x", b[:4])
+	}
+}
