@@ -170,6 +170,24 @@ func (q *Queue) Pop(c *Chain) (bool, error) {
 	return true, nil
 }
 
+// Walk translates the chain at head into c without consuming an avail entry,
+// for resubmitting chains that were in flight when a previous backend
+// stopped (the inflight region names their heads). head is untrusted: one >=
+// Size gives ErrBroken (nothing to push); a malformed chain gives ErrBadChain
+// (push head with 0 bytes). Queue thread only.
+func (q *Queue) Walk(head uint16, c *Chain) error {
+	c.Readable, c.Writable = c.Readable[:0], c.Writable[:0]
+	if int(head) >= q.cfg.Size {
+		return fmt.Errorf("%w: inflight head %d >= size %d", ErrBroken, head, q.cfg.Size)
+	}
+	c.Head = head
+	if err := q.walk(c, head); err != nil {
+		c.Readable, c.Writable = c.Readable[:0], c.Writable[:0]
+		return err
+	}
+	return nil
+}
+
 // walk follows the chain at head. Each descriptor is read once into locals.
 func (q *Queue) walk(c *Chain, head uint16) error {
 	table := q.desc

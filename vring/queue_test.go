@@ -373,3 +373,28 @@ func TestSetMem(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestWalk(t *testing.T) {
+	r := newRig(t, 8, false, 0, 0)
+	h, _ := r.drv.Add([][2]uint64{buf(0, 4)}, [][2]uint64{buf(1, 8)})
+	c, err := r.pop(t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A restarted backend re-walks the in-flight head.
+	var again vring.Chain
+	if err := r.q.Walk(h, &again); err != nil || again.Head != h || len(again.Readable) != 1 || len(again.Writable) != 1 ||
+		&again.Writable[0][0] != &c.Writable[0][0] {
+		t.Fatalf("Walk: %v", err)
+	}
+	if r.q.LastAvail() != 1 {
+		t.Fatal("Walk consumed an avail entry")
+	}
+	if err := r.q.Walk(8, &again); !errors.Is(err, vring.ErrBroken) {
+		t.Fatalf("Walk(8): %v", err)
+	}
+	r.drv.SetDesc(3, 0x20000, 1, driver.DescFNext, 3)
+	if err := r.q.Walk(3, &again); !errors.Is(err, vring.ErrBadChain) || again.Head != 3 {
+		t.Fatalf("Walk(loop): %v", err)
+	}
+}
