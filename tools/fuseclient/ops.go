@@ -208,8 +208,19 @@ func (c *Client) Symlink(ctx context.Context, parent uint64, name, target string
 	return c.entryCall(ctx, "SYMLINK", r)
 }
 
-// Mknod creates a node (file, fifo, device, socket).
+// mask applies the umask the way the Linux client does: itself, unless the
+// backend took FUSE_DONT_MASK (then the backend applies the umask sent).
+func (c *Client) mask(mode, umask uint32) uint32 {
+	if s := c.Session(); s != nil && s.Flags&InitDontMask != 0 {
+		return mode
+	}
+	return mode &^ umask
+}
+
+// Mknod creates a node (file, fifo, device, socket). umask is applied as
+// the Linux client does (see mask).
 func (c *Client) Mknod(ctx context.Context, parent uint64, name string, mode, rdev, umask uint32) (EntryOut, error) {
+	mode = c.mask(mode, umask)
 	r := &Req{Op: fuse.OpMknod, NodeID: parent, Args: [][]byte{enc(nil).u32(mode).u32(rdev).u32(umask).u32(0), cstr(name)}}
 	c.secctx(r)
 	return c.entryCall(ctx, "MKNOD", r)
@@ -217,6 +228,7 @@ func (c *Client) Mknod(ctx context.Context, parent uint64, name string, mode, rd
 
 // Mkdir creates a directory.
 func (c *Client) Mkdir(ctx context.Context, parent uint64, name string, mode, umask uint32) (EntryOut, error) {
+	mode = c.mask(mode, umask)
 	r := &Req{Op: fuse.OpMkdir, NodeID: parent, Args: [][]byte{enc(nil).u32(mode).u32(umask), cstr(name)}}
 	c.secctx(r)
 	return c.entryCall(ctx, "MKDIR", r)
@@ -272,6 +284,7 @@ func (c *Client) Opendir(ctx context.Context, node uint64, flags uint32) (OpenOu
 }
 
 func (c *Client) createCall(ctx context.Context, op uint32, name string, parent uint64, flags, mode, umask uint32) (EntryOut, OpenOut, error) {
+	mode = c.mask(mode, umask)
 	r := &Req{Op: op, NodeID: parent, Args: [][]byte{enc(nil).u32(flags).u32(mode).u32(umask).u32(0), cstr(name)},
 		Out: EntryOutSize + OpenOutSize}
 	c.secctx(r)
