@@ -12,11 +12,19 @@ var pageSize = uint64(unix.Getpagesize())
 
 // Map maps [r.MmapOffset, r.MmapOffset+r.Size) of fd shared and read-write.
 // An offset that is not page aligned is handled by mapping from the page
-// boundary below it. It validates sizes and overflow first and does not close
-// fd.
+// boundary below it. It validates sizes and overflow first, refuses a region
+// that runs past the end of a regular file (memfd), and does not close fd.
 func Map(fd int, r Region) (Mapped, error) {
 	if err := r.validate(); err != nil {
 		return Mapped{}, err
+	}
+	// Touching a page past the end of the file would be SIGBUS, not an error.
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return Mapped{}, fmt.Errorf("mem: region at %#x: fstat: %w", r.GuestAddr, err)
+	}
+	if st.Mode&unix.S_IFMT == unix.S_IFREG && uint64(st.Size) < r.MmapOffset+r.Size {
+		return Mapped{}, fmt.Errorf("mem: region at %#x: fd has %d bytes, region needs %d", r.GuestAddr, st.Size, r.MmapOffset+r.Size)
 	}
 	delta := r.MmapOffset % pageSize
 	length := r.Size + delta // cannot overflow: validate bounds both below MaxInt64

@@ -107,6 +107,9 @@ func TestMapMemfd(t *testing.T) {
 	if err := m.Unmap(); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := Map(fd, Region{Size: 2 * pageSize, MmapOffset: 2 * pageSize}); err == nil {
+		t.Fatal("Map accepted a region past the end of the memfd")
+	}
 	if _, err := Map(fd, Region{Size: 0}); err == nil {
 		t.Fatal("Map accepted zero size")
 	}
