@@ -1,0 +1,194 @@
+package supervisor
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"vfsd/engine/fdstore"
+)
+
+// Environment and flags a worker receives (see the package doc).
+const (
+	EnvResume  = "VFSD_RESUME"
+	VhostFDArg = "--vhost-fd"
+)
+
+// worker is one running worker process and the supervisor's end of its
+// vhost-user socketpair.
+type worker struct {
+	cmd     *exec.Cmd
+	pid     int
+	conn    *msgConn
+	started time.Time
+
+	replies    chan *Msg     // messages from the worker; closed when the reader stops
+	readErr    error         // why the reader stopped; valid once replies is closed
+	exited     chan struct{} // closed once the process was reaped
+	waitErr    error         // valid once exited is closed
+	stop       chan struct{} // closed by retire: the reader drops what it reads
+	readerDone chan struct{}
+	retired    bool
+}
+
+// controlEnv lists the variables the supervisor sets for the worker; any
+// inherited value is removed first.
+var controlEnv = []string{
+	fdstore.EnvNotifySocket, fdstore.EnvNotifyFD, fdstore.EnvListenFDs,
+	fdstore.EnvListenPID, fdstore.EnvListenFDNames, fdstore.EnvListenChild, EnvResume,
+}
+
+func workerEnv(base []string) []string {
+	out := make([]string, 0, len(base)+6)
+next:
+	for _, kv := range base {
+		for _, k := range controlEnv {
+			if strings.HasPrefix(kv, k+"=") {
+				continue next
+			}
+		}
+		out = append(out, kv)
+	}
+	return out
+}
+
+// spawn starts a worker. Its fds: 3.. the stored fds (LISTEN_FDS), then the
+// vhost-user socket (--vhost-fd=N), then the notify socket (VFSD_NOTIFY_FD).
+func (s *Supervisor) spawn(resume bool) (*worker, error) {
+	sp, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("worker socketpair: %w", err)
+	}
+	peer := os.NewFile(uintptr(sp[1]), "vhost-user")
+	defer peer.Close()
+	conn, err := newMsgConn(sp[0], "worker-vhost-user")
+	if err != nil {
+		return nil, err
+	}
+	notify, err := s.store.Channel()
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	defer notify.Close()
+	listenEnv, files, err := s.store.ChildFiles()
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}()
+	vhostFD := fdstore.ListenFDsStart + len(files)
+	args := append(append([]string(nil), s.cfg.WorkerArgs...), VhostFDArg+"="+strconv.Itoa(vhostFD))
+	cmd := exec.Command(s.path, args...)
+	cmd.Env = append(workerEnv(s.cfg.Env), listenEnv...)
+	cmd.Env = append(cmd.Env, fdstore.EnvNotifyFD+"="+strconv.Itoa(vhostFD+1))
+	if resume {
+		cmd.Env = append(cmd.Env, EnvResume+"=1")
+	}
+	cmd.ExtraFiles = append(append(files, peer), notify)
+	cmd.Stdout, cmd.Stderr = s.cfg.Stdout, s.cfg.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("start worker %s: %w", s.path, err)
+	}
+	w := &worker{
+		cmd: cmd, pid: cmd.Process.Pid, conn: conn, started: time.Now(),
+		replies: make(chan *Msg, 4), exited: make(chan struct{}),
+		stop: make(chan struct{}), readerDone: make(chan struct{}),
+	}
+	go func() {
+		w.waitErr = cmd.Wait()
+		close(w.exited)
+	}()
+	go w.read()
+	s.log.Info("worker started", "pid", w.pid, "resume", resume, "stored_fds", len(files), "vhost_fd", vhostFD)
+	return w, nil
+}
+
+func (w *worker) read() {
+	defer close(w.readerDone)
+	defer close(w.replies)
+	for {
+		m, err := w.conn.ReadMsg()
+		if err != nil {
+			w.readErr = err
+			return
+		}
+		select {
+		case w.replies <- m:
+		case <-w.stop:
+			closeAll(m.FDs)
+			w.readErr = errRetired
+			return
+		}
+	}
+}
+
+func (w *worker) signal(sig os.Signal) { _ = w.cmd.Process.Signal(sig) }
+
+func (w *worker) alive() bool {
+	select {
+	case <-w.exited:
+		return false
+	default:
+		return true
+	}
+}
+
+// retire ends the worker and releases everything of it: with graceful, it
+// sends SIGTERM and waits up to grace before SIGKILL; otherwise SIGKILL at
+// once. It returns once the process is reaped, so that every fd store it
+// completed is in the store's socket. Idempotent.
+func (s *Supervisor) retire(w *worker, graceful bool) {
+	if w == nil || w.retired {
+		return
+	}
+	w.retired = true
+	if graceful && w.alive() {
+		w.signal(syscall.SIGTERM)
+		t := time.NewTimer(s.cfg.StopGrace)
+		select {
+		case <-w.exited:
+		case <-t.C:
+			s.log.Warn("worker did not exit after SIGTERM; killing", "pid", w.pid, "grace", s.cfg.StopGrace)
+		}
+		t.Stop()
+	}
+	for w.alive() {
+		w.signal(syscall.SIGKILL)
+		select {
+		case <-w.exited:
+		case <-time.After(5 * time.Second):
+			s.log.Error("worker not reaped 5s after SIGKILL (uninterruptible sleep?); still waiting", "pid", w.pid)
+		}
+	}
+	close(w.stop)
+	w.conn.Close()
+	<-w.readerDone
+	for m := range w.replies {
+		closeAll(m.FDs)
+	}
+}
+
+// exitDesc describes how a reaped worker ended.
+func (w *worker) exitDesc() string {
+	st := w.cmd.ProcessState
+	if st == nil {
+		return fmt.Sprint(w.waitErr)
+	}
+	if ws, ok := st.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		return "killed by " + ws.Signal().String()
+	}
+	return "exit status " + strconv.Itoa(st.ExitCode())
+}
