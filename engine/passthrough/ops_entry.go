@@ -55,7 +55,7 @@ func (fs *FS) opLookup(req *fuse.Request, rep *fuse.Reply, arg []byte) {
 	defer p.unpin()
 	var e fuse.EntryOut
 	switch {
-	case len(name) == 1 && name[0] == '.', len(name) == 2 && p == fs.root:
+	case len(name) == 1 && name[0] == '.', isDots(name) && p == fs.root:
 		// "." (NFS export support) is the directory itself; ".." of the
 		// root is the root: the guest never leaves the shared directory.
 		eno = fs.entryOf(p, &e)

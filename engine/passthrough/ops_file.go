@@ -62,7 +62,7 @@ func (fs *FS) opOpen(req *fuse.Request, rep *fuse.Reply, arg []byte) {
 		rep.Error(unix.ENXIO)
 		return
 	}
-	fd, err := fs.reopen(in.fd, flags)
+	fd, err := fs.reopen(in.fd, flags&^unix.O_NOFOLLOW) // the procfs link itself is a symlink
 	if err != nil {
 		rep.Error(errno(err))
 		return
