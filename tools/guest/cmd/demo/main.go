@@ -111,7 +111,11 @@ func main() {
 	fmt.Printf("  %-40s the guest's serial console, step by step\n", res.SerialLog)
 	fmt.Printf("  %-40s the daemon's log (%s)\n", res.DaemonLog, res.DaemonExit)
 	fmt.Printf("  %-40s QEMU's command line and output\n", res.QEMULog)
-	fmt.Printf("Run it on the reference daemon with: make demo DAEMON=virtiofsd\n")
+	if *daemon == guest.DaemonVfsd {
+		fmt.Printf("Run it on the reference daemon with: make demo DAEMON=virtiofsd\n")
+	} else {
+		fmt.Printf("This ran on the reference daemon; run it on vfsd with: make demo DAEMON=vfsd\n")
+	}
 }
 
 // populate writes a few host files for the guest to list and read.
