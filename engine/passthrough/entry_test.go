@@ -308,7 +308,7 @@ func TestSetattr(t *testing.T) {
 	if got, _ := os.ReadFile(c.path("f")); string(got) != "0123" {
 		t.Errorf("host content %q", got)
 	}
-	os.Chmod(c.path("f"), 0o6755)
+	unix.Chmod(c.path("f"), 0o6755)
 	a := set(fuse.SetattrIn{Valid: fuse.FattrSize | fuse.FattrKillSuidgid, Size: 2})
 	if a.Size != 2 || a.Mode&(unix.S_ISUID|unix.S_ISGID) != 0 || a.Mode&0o777 != 0o755 {
 		t.Errorf("truncate with KILL_SUIDGID: mode %o size %d", a.Mode, a.Size)
