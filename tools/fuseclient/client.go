@@ -35,6 +35,7 @@ type Client struct {
 	fe    *frontend.Frontend
 	mem   *frontend.Memory
 	creds Creds
+	queue int // 0: round-robin over the request queues
 	core  *core
 }
 
@@ -69,6 +70,14 @@ func New(fe *frontend.Frontend, o Options) *Client {
 func (c *Client) As(cr Creds) *Client {
 	d := *c
 	d.creds = cr
+	return &d
+}
+
+// OnQueue returns a Client sharing c's connection and session that sends
+// every request except FORGET/BATCH_FORGET on request queue q (1..N).
+func (c *Client) OnQueue(q int) *Client {
+	d := *c
+	d.queue = q
 	return &d
 }
 
@@ -149,6 +158,9 @@ func (c *Client) pick(r *Req) (int, error) {
 	}
 	if r.Op == fuse.OpForget || r.Op == fuse.OpBatchForget {
 		return 0, nil
+	}
+	if c.queue > 0 && c.queue < n {
+		return c.queue, nil
 	}
 	if n == 2 {
 		return 1, nil
