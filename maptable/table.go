@@ -142,7 +142,10 @@ func newTable(fd int, m mapping, l layout, seed uint64) *Table {
 // operation a writer had in progress when it died (see doc.go). The cost is
 // independent of the number of slots and entries.
 //
-// Open does not take ownership of fd: the table keeps its own duplicate,
+// Open seals the memfd against shrinking and growing if it is not sealed yet
+// (a memfd created without MFD_ALLOW_SEALING is refused), so that the mapping
+// can never fault. It does not take ownership of fd: the table keeps its own
+// duplicate,
 // which Close closes. The previous user of the memfd must be dead (or have
 // closed its Table): two live tables on one memfd corrupt each other.
 func Open(fd int) (*Table, error) { return open(fd, nil) }
@@ -290,7 +293,7 @@ func (t *Table) Lookup(k Key) (ID, bool) {
 		case stateFree:
 			return 0, false
 		case stateUsed:
-			if sh.Key == k {
+			if sh.Key == k && sh.Gen != 0 { // gen 0: a corrupt slot, no valid ID
 				return makeID(s, sh.Gen), true
 			}
 		}
@@ -620,7 +623,7 @@ func (t *Table) Range(fn func(id ID, k Key, val []byte) bool) {
 	val := make([]byte, t.vsize)
 	for s := range t.n {
 		sh := t.m.slot(s)
-		if atomic.LoadUint32(&sh.State) != stateUsed {
+		if atomic.LoadUint32(&sh.State) != stateUsed || sh.Gen == 0 {
 			continue
 		}
 		copy(val, t.m.value(s))
