@@ -145,9 +145,8 @@ func newTable(fd int, m mapping, l layout, seed uint64) *Table {
 // Open seals the memfd against shrinking and growing if it is not sealed yet
 // (a memfd created without MFD_ALLOW_SEALING is refused), so that the mapping
 // can never fault. It does not take ownership of fd: the table keeps its own
-// duplicate,
-// which Close closes. The previous user of the memfd must be dead (or have
-// closed its Table): two live tables on one memfd corrupt each other.
+// duplicate, which Close closes. The previous user of the memfd must be dead
+// (or have closed its Table): two live tables on one memfd corrupt each other.
 func Open(fd int) (*Table, error) { return open(fd, nil) }
 
 func open(fd int, hook func()) (*Table, error) {
