@@ -150,6 +150,9 @@ func (q *queue) run() {
 			break
 		}
 		q.reap()
+		if q.stopping && q.pendingCur+q.pendingOld == 0 {
+			break
+		}
 		active := !q.stopping && !q.broken
 		if work && active {
 			work = q.drain()
@@ -181,6 +184,7 @@ func (q *queue) run() {
 			drainEventfd(fd, q.evbuf[:])
 		}
 	}
+	q.publish()
 	q.lastAvail = q.vq.LastAvail()
 }
 
