@@ -205,4 +205,3 @@ func (h *harness) outHeader(gpa uint64) (length uint32, errno int32, unique uint
 	b := h.bytes(gpa, fuse.OutHeaderSize)
 	return binary.LittleEndian.Uint32(b[0:]), int32(binary.LittleEndian.Uint32(b[4:])), binary.LittleEndian.Uint64(b[8:])
 }
-
