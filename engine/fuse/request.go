@@ -247,9 +247,10 @@ func (r *Reply) ReadFile(fd int, off int64, size int) {
 	}
 	r.tail = r.out.Slice(r.tail[:0], OutHeaderSize, size)
 	r.iov = r.tail.Iovecs(r.iov)
+	iov := r.iov // advanced below; r.iov keeps the scratch's full capacity
 	n := 0
-	for len(r.iov) > 0 {
-		m, err := preadv(fd, r.iov, off+int64(n))
+	for len(iov) > 0 {
+		m, err := preadv(fd, iov, off+int64(n))
 		if err == unix.EINTR {
 			continue
 		}
@@ -264,7 +265,7 @@ func (r *Reply) ReadFile(fd int, off int64, size int) {
 			break
 		}
 		n += m
-		r.iov = advance(r.iov, m)
+		iov = advance(iov, m)
 	}
 	r.done = true
 	r.header(0, n)
@@ -275,7 +276,8 @@ func (r *Reply) ReadFile(fd int, off int64, size int) {
 // the file's current offset, for O_APPEND) and returns bytes written. iov is
 // the caller's reusable scratch.
 func WriteFile(fd int, d Scatter, off int64, iov []unix.Iovec) (int, []unix.Iovec, error) {
-	iov = d.Iovecs(iov)
+	scratch := d.Iovecs(iov)
+	iov = scratch // advanced below; scratch is returned whole for reuse
 	n := 0
 	for len(iov) > 0 {
 		m, err := pwritev(fd, iov, off, n)
@@ -284,7 +286,7 @@ func WriteFile(fd int, d Scatter, off int64, iov []unix.Iovec) (int, []unix.Iove
 		}
 		if err != nil {
 			if n == 0 {
-				return 0, iov, err
+				return 0, scratch, err
 			}
 			break
 		}
@@ -294,7 +296,7 @@ func WriteFile(fd int, d Scatter, off int64, iov []unix.Iovec) (int, []unix.Iove
 		n += m
 		iov = advance(iov, m)
 	}
-	return n, iov, nil
+	return n, scratch, nil
 }
 
 // Handler serves decoded FUSE requests; engine/passthrough implements it.

@@ -1,0 +1,111 @@
+package passthrough
+
+import (
+	"encoding/binary"
+	"os"
+	"runtime"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"vfsd/engine/fuse"
+)
+
+// hot is one prepared request, re-decoded and served per iteration the way
+// a queue thread does it.
+type hot struct {
+	fs  *FS
+	in  fuse.Scatter
+	out fuse.Scatter
+	req fuse.Request
+	rep fuse.Reply
+}
+
+func newHot(fs *FS, op uint32, nodeid uint64, args ...[]byte) *hot {
+	var body []byte
+	for _, a := range args {
+		body = append(body, a...)
+	}
+	buf := make([]byte, fuse.InHeaderSize+len(body))
+	binary.LittleEndian.PutUint32(buf[0:], uint32(len(buf)))
+	binary.LittleEndian.PutUint32(buf[4:], op)
+	binary.LittleEndian.PutUint64(buf[8:], 1)
+	binary.LittleEndian.PutUint64(buf[16:], nodeid)
+	copy(buf[fuse.InHeaderSize:], body)
+	return &hot{fs: fs, in: fuse.Scatter{buf}, out: fuse.Scatter{make([]byte, 64<<10)}}
+}
+
+func (h *hot) run() unix.Errno {
+	if err := h.req.Decode(h.in); err != nil {
+		panic(err)
+	}
+	h.rep.Reset(h.out, 1)
+	h.fs.Handle(&h.req, &h.rep)
+	return unix.Errno(-int32(binary.LittleEndian.Uint32(h.out[0][4:])))
+}
+
+// hotSetup returns an FS with a 1 MiB file "f" looked up and opened.
+func hotSetup(t testing.TB) (c *tfs, f fuse.EntryOut, fh uint64) {
+	c = newTFS(t, Options{})
+	if tt, ok := t.(*testing.T); ok {
+		c.t = tt
+	} else {
+		c.t = &testing.T{}
+	}
+	if err := os.WriteFile(c.path("f"), make([]byte, 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e, p := c.call(fuse.OpLookup, fuse.RootID, name("f"))
+	if e != 0 {
+		t.Fatal(e)
+	}
+	fuse.Parse(p, &f)
+	e, p = c.call(fuse.OpOpen, f.NodeID, b(fuse.OpenIn{Flags: unix.O_RDWR}))
+	if e != 0 {
+		t.Fatal(e)
+	}
+	var o fuse.OpenOut
+	fuse.Parse(p, &o)
+	return c, f, o.Fh
+}
+
+func hotRequests(c *tfs, f fuse.EntryOut, fh uint64) map[string]*hot {
+	data := make([]byte, 4096)
+	return map[string]*hot{
+		"GETATTR": newHot(c.fs, fuse.OpGetattr, f.NodeID, b(fuse.GetattrIn{})),
+		"LOOKUP":  newHot(c.fs, fuse.OpLookup, fuse.RootID, name("f")),
+		"READ":    newHot(c.fs, fuse.OpRead, f.NodeID, b(fuse.ReadIn{Fh: fh, Offset: 8192, Size: 4096})),
+		"WRITE":   newHot(c.fs, fuse.OpWrite, f.NodeID, b(fuse.WriteIn{Fh: fh, Offset: 4096, Size: 4096}), data),
+	}
+}
+
+// TestHotPathAllocs: GETATTR, LOOKUP of a known inode, READ and WRITE
+// allocate nothing per request.
+func TestHotPathAllocs(t *testing.T) {
+	c, f, fh := hotSetup(t)
+	for op, h := range hotRequests(c, f, fh) {
+		if e := h.run(); e != 0 {
+			t.Fatalf("%s: %v", op, e)
+		}
+		if n := testing.AllocsPerRun(200, func() { h.run() }); n != 0 {
+			t.Errorf("%s: %.1f allocs per request, want 0", op, n)
+		}
+	}
+}
+
+func BenchmarkHot(b *testing.B) {
+	c, f, fh := hotSetup(b)
+	for _, op := range []string{"GETATTR", "LOOKUP", "READ", "WRITE"} {
+		h := hotRequests(c, f, fh)[op]
+		b.Run(op, func(b *testing.B) {
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			b.ReportAllocs()
+			for b.Loop() {
+				if e := h.run(); e != 0 {
+					b.Fatal(e)
+				}
+			}
+		})
+	}
+}
