@@ -17,10 +17,16 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// TestGuest boots the guest on the selected daemon and runs the full step list
-// (DefaultSteps, or $VFSD_GUEST_STEPS), then checks on the host what the guest
-// wrote. It skips when prerequisites are missing unless VFSD_GUEST_REQUIRED=1.
-func TestGuest(t *testing.T) {
+// guestRun is one guest boot prepared by setupGuest.
+type guestRun struct {
+	cfg   Config
+	share string
+}
+
+// setupGuest checks the prerequisites (skip, or fail when VFSD_GUEST_REQUIRED=1),
+// picks the daemon and its binary, and prepares a share with host-in/.
+func setupGuest(t *testing.T, name string, steps []string) (context.Context, *guestRun) {
+	t.Helper()
 	required := os.Getenv(EnvRequired) == "1"
 	unavailable := func(format string, a ...any) {
 		t.Helper()
@@ -62,7 +68,7 @@ func TestGuest(t *testing.T) {
 	if dl, ok := t.Deadline(); ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithDeadline(ctx, dl.Add(-15*time.Second))
-		defer cancel()
+		t.Cleanup(cancel)
 	}
 	bin, err := DaemonBinary(ctx, root, daemon, tmp)
 	if err != nil {
@@ -77,7 +83,7 @@ func TestGuest(t *testing.T) {
 
 	work := tmp
 	if keep := os.Getenv(EnvKeep); keep != "" {
-		work = keep
+		work = filepath.Join(keep, name)
 		os.RemoveAll(work)
 	}
 	share := filepath.Join(work, "share")
@@ -90,8 +96,7 @@ func TestGuest(t *testing.T) {
 	if err := PopulateHostFiles(share); err != nil {
 		t.Fatal(err)
 	}
-	steps := Steps()
-	cfg := Config{
+	g := &guestRun{share: share, cfg: Config{
 		Daemon:     daemon,
 		DaemonBin:  bin,
 		DaemonArgs: strings.Fields(os.Getenv(EnvDaemonArgs)),
@@ -101,33 +106,82 @@ func TestGuest(t *testing.T) {
 		Steps:      steps,
 		WorkDir:    logs,
 		Timeout:    timeout,
-	}
+	}}
 	if testing.Verbose() {
-		cfg.Console = &prefixWriter{t: t}
+		g.cfg.Console = &prefixWriter{t: t}
 	}
-	t.Logf("daemon %s (%s), steps %s, share %s", daemon, bin, strings.Join(steps, ","), share)
-	res, err := Run(ctx, cfg)
+	return ctx, g
+}
+
+// run boots the guest and fails the test, with the serial console, the
+// daemon's log and QEMU's output, unless the guest passed.
+func (g *guestRun) run(t *testing.T, ctx context.Context) *Result {
+	t.Helper()
+	t.Logf("daemon %s (%s), steps %s, share %s", g.cfg.Daemon, g.cfg.DaemonBin, strings.Join(g.cfg.Steps, ","), g.share)
+	res, err := Run(ctx, g.cfg)
 	if err != nil {
 		t.Fatalf("rig: %v", err)
 	}
 	t.Logf("guest run took %v (first /init line after %v); daemon %s; result: %s",
 		res.Duration.Round(100*time.Millisecond), res.BootToInit.Round(100*time.Millisecond), res.DaemonExit, res.Marker)
-	if !res.Passed {
-		t.Fatalf("guest run on %s failed: %s\n%s", daemon, res.Reason, res.Diagnostics())
+	for _, k := range res.Kills {
+		t.Logf("crash injection: killed %s", k)
 	}
+	if !res.Passed {
+		t.Fatalf("guest run on %s failed: %s\n%s", g.cfg.Daemon, res.Reason, res.Diagnostics())
+	}
+	return res
+}
 
+// TestGuest boots the guest on the selected daemon and runs the full step list
+// (DefaultSteps, or $VFSD_GUEST_STEPS), then checks on the host what the guest
+// wrote. It skips when prerequisites are missing unless VFSD_GUEST_REQUIRED=1.
+func TestGuest(t *testing.T) {
+	steps := Steps()
+	ctx, g := setupGuest(t, "TestGuest", steps)
+	res := g.run(t, ctx)
 	if slices.Contains(steps, "handoff") {
-		if err := CheckGuestFiles(share); err != nil {
-			t.Errorf("host check of %s/ after the guest ran on %s:\n%v", GuestOutDir, daemon, err)
+		if err := CheckGuestFiles(g.share); err != nil {
+			t.Errorf("host check of %s/ after the guest ran on %s:\n%v", GuestOutDir, g.cfg.Daemon, err)
 		}
 	}
 	if slices.Equal(steps, DefaultSteps) {
-		if err := CheckShareTopLevel(share, HostInDir, GuestOutDir); err != nil {
+		if err := CheckShareTopLevel(g.share, HostInDir, GuestOutDir); err != nil {
 			t.Errorf("%v", err)
 		}
 	}
 	if t.Failed() {
 		t.Logf("guest serial console:\n%s", res.Serial())
+	}
+}
+
+// TestGuestWorkerCrash kills vfsd's worker (every child of the daemon process)
+// shortly after the guest starts each of several I/O-heavy steps; the
+// supervisor must replace it without QEMU or the guest noticing, so every step
+// still passes and the host finds the guest's files intact (DESIGN.md §7.3).
+func TestGuestWorkerCrash(t *testing.T) {
+	steps := []string{"hostfiles", "ops", "fio", "handoff", "remount"}
+	ctx, g := setupGuest(t, "TestGuestWorkerCrash", steps)
+	if g.cfg.Daemon != DaemonVfsd {
+		t.Skipf("SKIP: crash recovery is a vfsd feature; %s cannot survive a killed process", g.cfg.Daemon)
+	}
+	g.cfg.KillOn = []string{"=== STEP ops-bigfile", "=== STEP ops-many", "=== STEP fio", "=== STEP handoff"}
+	g.cfg.KillDelay = 1500 * time.Millisecond
+	res := g.run(t, ctx)
+	if len(res.KillMisses) > 0 {
+		t.Errorf("the daemon had no worker process to kill after: %q (is the supervisor running a worker child?)", res.KillMisses)
+	}
+	if len(res.Kills) < len(g.cfg.KillOn) {
+		t.Errorf("%d kills, want at least %d", len(res.Kills), len(g.cfg.KillOn))
+	}
+	if err := CheckGuestFiles(g.share); err != nil {
+		t.Errorf("host check of %s/ after worker crashes:\n%v", GuestOutDir, err)
+	}
+	if err := CheckShareTopLevel(g.share, HostInDir, GuestOutDir); err != nil {
+		t.Errorf("%v", err)
+	}
+	if t.Failed() {
+		t.Logf("guest serial console:\n%s\ndaemon log:\n%s", res.Serial(), tailLines(readFileString(res.DaemonLog), 200))
 	}
 }
 
@@ -310,5 +364,34 @@ func TestCheckShareTopLevel(t *testing.T) {
 	os.Mkdir(filepath.Join(dir, "ops"), 0o755)
 	if err := CheckShareTopLevel(dir, GuestOutDir, HostInDir); err == nil {
 		t.Fatal("leftover ops/ not reported")
+	}
+}
+
+// killChildren finds and kills every child of a process, and nothing else.
+func TestKillChildren(t *testing.T) {
+	cmd := exec.Command("sh", "-c", "sleep 100 & sleep 100 & wait; echo done")
+	out := &bytes.Buffer{}
+	cmd.Stdout = out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	var kills []string
+	for i := 0; i < 100 && len(kills) < 2; i++ {
+		time.Sleep(20 * time.Millisecond)
+		if b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", cmd.Process.Pid, cmd.Process.Pid)); len(strings.Fields(string(b))) == 2 {
+			kills = killChildren(cmd.Process.Pid, "test")
+		}
+	}
+	if len(kills) != 2 {
+		t.Fatalf("killed %q, want the two sleeps", kills)
+	}
+	for _, k := range kills {
+		if !strings.Contains(k, "(sleep)") {
+			t.Errorf("killed %s, want a sleep", k)
+		}
+	}
+	if err := cmd.Wait(); err != nil || out.String() != "done\n" {
+		t.Fatalf("parent: %v, output %q; want it alive after its children died", err, out)
 	}
 }

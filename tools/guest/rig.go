@@ -48,6 +48,12 @@ type Config struct {
 	Timeout time.Duration // for the whole run, boot included (default 6m)
 	// Console, when set, receives every serial console line as it arrives.
 	Console io.Writer
+
+	// Crash injection: KillDelay after a console line that starts with one of
+	// KillOn, every child process of the daemon (vfsd's worker; the supervisor
+	// must replace it without QEMU noticing) gets SIGKILL.
+	KillOn    []string
+	KillDelay time.Duration
 }
 
 // Result is what a run produced. Passed is true only when the guest printed the
@@ -62,6 +68,8 @@ type Result struct {
 	Duration   time.Duration
 	BootToInit time.Duration // until the guest's /init printed its first line
 	DaemonExit string        // how the daemon ended
+	Kills      []string      // crash injections done: "pid N (comm) after LINE"
+	KillMisses []string      // trigger lines after which the daemon had no child to kill
 }
 
 // Serial returns the guest's serial console log.
@@ -227,11 +235,19 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	defer qemu.stop(0)
 
 	tail := newSerialTail(res.SerialLog, cfg.Console)
+	tail.killOn = cfg.KillOn
 	go tail.run()
 	defer tail.stop()
 
 	var marker string
 	var daemonDied bool
+	var killTimers []*time.Timer
+	killc := make(chan string, 16)
+	defer func() {
+		for _, t := range killTimers {
+			t.Stop()
+		}
+	}()
 	pollMarker := func() {
 		tail.drain()
 		select {
@@ -244,6 +260,14 @@ wait:
 		select {
 		case marker = <-tail.marker:
 			break wait
+		case line := <-tail.trigger:
+			killTimers = append(killTimers, time.AfterFunc(cfg.KillDelay, func() { killc <- line }))
+		case line := <-killc:
+			if k := killChildren(daemon.cmd.Process.Pid, line); len(k) > 0 {
+				res.Kills = append(res.Kills, k...)
+			} else {
+				res.KillMisses = append(res.KillMisses, line)
+			}
 		case <-qemu.done:
 			pollMarker() // a marker written just before QEMU exited
 			break wait
@@ -375,6 +399,35 @@ func (p *proc) describe() string {
 	return p.err.Error()
 }
 
+// killChildren sends SIGKILL to every child process of pid (all its threads'
+// children) and describes what it killed.
+func killChildren(pid int, why string) []string {
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
+	var out []string
+	seen := map[string]bool{}
+	for _, t := range tasks {
+		b, err := os.ReadFile(t)
+		if err != nil {
+			continue
+		}
+		for _, c := range strings.Fields(string(b)) {
+			if seen[c] {
+				continue
+			}
+			seen[c] = true
+			var cpid int
+			if _, err := fmt.Sscan(c, &cpid); err != nil {
+				continue
+			}
+			comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", cpid))
+			if err := syscall.Kill(cpid, syscall.SIGKILL); err == nil {
+				out = append(out, fmt.Sprintf("pid %d (%s) after %q", cpid, strings.TrimSpace(string(comm)), why))
+			}
+		}
+	}
+	return out
+}
+
 func waitSocket(ctx context.Context, path string, daemon *proc, limit time.Duration) error {
 	deadline := time.Now().Add(limit)
 	for {
@@ -403,6 +456,8 @@ type serialTail struct {
 	exited  chan struct{}
 	drainc  chan chan struct{}
 	start   time.Time
+	killOn  []string
+	trigger chan string
 
 	mu        sync.Mutex
 	firstInit time.Duration
@@ -412,7 +467,7 @@ type serialTail struct {
 func newSerialTail(path string, console io.Writer) *serialTail {
 	return &serialTail{path: path, console: console, marker: make(chan string, 1),
 		quit: make(chan struct{}), exited: make(chan struct{}), drainc: make(chan chan struct{}),
-		start: time.Now()}
+		start: time.Now(), trigger: make(chan string, 64)}
 }
 
 func (s *serialTail) run() {
@@ -464,6 +519,14 @@ func (s *serialTail) line(line string, sent *bool) {
 			s.firstInit = time.Since(s.start)
 		}
 		s.mu.Unlock()
+	}
+	for _, k := range s.killOn {
+		if strings.HasPrefix(line, k) {
+			select {
+			case s.trigger <- line:
+			default:
+			}
+		}
 	}
 	if m, ok := ParseMarker(line); ok && !*sent {
 		*sent = true
