@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 
+	"vfsd/vring/inflight"
 	"vfsd/vring/internal/ring"
 	"vfsd/vring/mem"
 )
@@ -56,6 +57,9 @@ type Queue struct {
 	broken      bool
 
 	bounce []byte // indirect tables that span regions are gathered here (lazily)
+
+	infl *inflight.Queue // inflight tracking, nil when off
+	pend []uint16        // with tracking: head of the used element at index i&mask, pushed since the last Publish
 }
 
 // New validates c (size, alignment, translation of all three rings, each
@@ -156,6 +160,13 @@ func (q *Queue) Pop(c *Chain) (bool, error) {
 		q.broken = true
 		return false, ErrBroken
 	}
+	if q.infl != nil && q.infl.Inflight(head) {
+		// The driver made a head available that it has not got back:
+		// popping it would make two chains share one inflight entry and
+		// break recovery's count. A conforming driver never does this.
+		q.broken = true
+		return false, ErrBroken
+	}
 	q.lastAvail++
 	if q.cfg.EventIdx && q.notify {
 		// Keep asking for a kick at the next entry, as libvhost-user does,
@@ -163,7 +174,13 @@ func (q *Queue) Pop(c *Chain) (bool, error) {
 		ring.Store16(q.used, ring.AvailEventOff(q.cfg.Size), q.lastAvail)
 	}
 	c.Head = head
-	if err := q.walk(c, head); err != nil {
+	err := q.walk(c, head)
+	if q.infl != nil {
+		// Consumed, well formed or not: the caller pushes it either way,
+		// so recovery must count it (and resubmit it if it was not).
+		q.infl.Get(head)
+	}
+	if err != nil {
 		c.Readable, c.Writable = c.Readable[:0], c.Writable[:0]
 		return true, err
 	}
@@ -297,6 +314,10 @@ func (q *Queue) Push(head uint16, written uint32) {
 	e := q.used[ring.HdrSize+ring.ElemSize*int(q.usedIdx&q.mask):]
 	binary.LittleEndian.PutUint32(e[0:], uint32(head))
 	binary.LittleEndian.PutUint32(e[4:], written)
+	if q.infl != nil {
+		q.pend[q.usedIdx&q.mask] = head
+		q.infl.AfterStore()
+	}
 	q.usedIdx++
 }
 
@@ -308,15 +329,28 @@ func (q *Queue) Publish() bool {
 	if old == cur {
 		return false
 	}
+	if q.infl != nil {
+		q.infl.PrePut(q.pend[old&q.mask])
+	}
 	ring.StoreWord(q.used, 0, q.usedFlags, cur) // seq-cst: ordered before the loads below
 	q.published = cur
+	var kick bool
 	if q.cfg.EventIdx {
 		ev := ring.Load16(q.avail, ring.UsedEventOff(q.cfg.Size))
 		valid := q.signalValid
 		q.signalValid = true
-		return !valid || ring.NeedEvent(ev, cur, old)
+		kick = !valid || ring.NeedEvent(ev, cur, old)
+	} else {
+		kick = ring.Load16(q.avail, 0)&ring.AvailFNoInterrupt == 0
 	}
-	return ring.Load16(q.avail, 0)&ring.AvailFNoInterrupt == 0
+	if q.infl != nil {
+		q.infl.AfterStore()
+		for i := old; i != cur; i++ {
+			q.infl.Complete(q.pend[i&q.mask])
+		}
+		q.infl.PostPut(cur)
+	}
+	return kick
 }
 
 // DisableNotify asks the driver not to kick: used.flags NO_NOTIFY, or with
@@ -342,4 +376,83 @@ func (q *Queue) EnableNotify() bool {
 	}
 	ring.Fence()
 	return ring.Load16(q.avail, 2) != q.lastAvail
+}
+
+// SetInflight turns on inflight tracking for a queue that starts afresh (first
+// start, or after a device reset): iq is initialized with nothing in flight
+// and used_idx = UsedIdx(). From then on Pop marks every head it consumes,
+// and Publish completes the batch in the region around the used.idx store
+// (see vring/inflight). Call it before the first Pop. Queue thread only.
+func (q *Queue) SetInflight(iq *inflight.Queue) error {
+	if err := q.attachCheck(iq); err != nil {
+		return err
+	}
+	iq.Init(q.usedIdx)
+	q.attach(iq)
+	return nil
+}
+
+// ResumeInflight turns on inflight tracking from a region a previous backend
+// left behind (worker restart, or SET_INFLIGHT_FD on reconnect) and returns
+// the heads to resubmit, in the order they were first popped. Call it on a
+// queue just made by New, before any Pop or Push.
+//
+// It reads used.idx from guest RAM, lets iq.Resume repair the region, and
+// moves the queue to LastAvail = used.idx + len(heads), UsedIdx = used.idx
+// (New's lastAvail and usedIdx are replaced). The caller then, before popping
+// new work, re-reads each head with Walk and processes it like a popped
+// chain: push it (0 bytes on ErrBadChain) and publish. Because a crash may
+// have hit between a used.idx store and its notification, signal the driver
+// once after resuming even if Publish does not ask for it.
+//
+// If iq was never started (inflight.ErrNotStarted) there is nothing to
+// resubmit: the queue keeps New's indices and tracking starts as with
+// SetInflight. On any other error the queue is unchanged and untracked.
+// Queue thread only.
+func (q *Queue) ResumeInflight(iq *inflight.Queue) ([]uint16, error) {
+	if err := q.attachCheck(iq); err != nil {
+		return nil, err
+	}
+	if !iq.Started() {
+		iq.Init(q.usedIdx)
+		q.attach(iq)
+		return nil, nil
+	}
+	usedIdx := ring.Load16(q.used, 2)
+	used := q.used
+	lastAvail, heads, err := iq.Resume(usedIdx, func(i uint16) uint32 {
+		return binary.LittleEndian.Uint32(used[ring.HdrSize+ring.ElemSize*int(i&q.mask):])
+	})
+	if err != nil {
+		return nil, fmt.Errorf("vring: resume inflight: %w", err)
+	}
+	q.lastAvail, q.shadowAvail = lastAvail, lastAvail
+	q.usedIdx, q.published = usedIdx, usedIdx
+	q.signalValid = false
+	if q.cfg.EventIdx && q.notify {
+		ring.Store16(q.used, ring.AvailEventOff(q.cfg.Size), lastAvail)
+	}
+	ring.Fence()
+	q.attach(iq)
+	return heads, nil
+}
+
+// Inflight returns the tracker set by SetInflight or ResumeInflight, or nil.
+func (q *Queue) Inflight() *inflight.Queue { return q.infl }
+
+func (q *Queue) attachCheck(iq *inflight.Queue) error {
+	if iq == nil {
+		return errors.New("vring: nil inflight queue")
+	}
+	if iq.Size() != q.cfg.Size {
+		return fmt.Errorf("vring: inflight region has %d descriptors, queue size %d", iq.Size(), q.cfg.Size)
+	}
+	return nil
+}
+
+func (q *Queue) attach(iq *inflight.Queue) {
+	q.infl = iq
+	if len(q.pend) != q.cfg.Size {
+		q.pend = make([]uint16, q.cfg.Size)
+	}
 }
