@@ -91,7 +91,7 @@ $(INITRAMFS): $(KERNEL_DIR)/release tools/guest/init tools/guest/mkinitramfs.sh
 
 test: deps
 	$(MAKE) test-unit
-	$(MAKE) test-guest VFSD_GUEST_REQUIRED=1
+	$(MAKE) test-guest
 
 # Unit and host end-to-end tests. The guest boot test in tools/guest skips here
 # (VFSD_GUEST_BOOT=0, it says so) because test-guest runs it right after.
@@ -99,12 +99,17 @@ test-unit:
 	$(GO) vet ./...
 	VFSD_GUEST_BOOT=0 $(GO) test ./...
 
-# The guest tests. VFSD_GUEST_REQUIRED=1 (set by make test) turns a missing
-# kernel, initramfs, QEMU or daemon into a failure instead of a skip.
-test-guest: build initramfs
+# The guest tests (TestGuest: the full step list; TestGuestWorkerCrash: vfsd's
+# worker killed during I/O). VFSD_GUEST_REQUIRED=1 turns a missing kernel,
+# initramfs, QEMU or daemon into a failure instead of a skip.
+test-guest: initramfs
+	@mkdir -p $(BUILD)
+	@if [ "$(DAEMON)" = vfsd ]; then \
+		echo "go build -o $(VFSD_BIN) ./cmd/vfsd"; $(GO) build -o $(VFSD_BIN) ./cmd/vfsd; \
+	fi
 	VFSD_GUEST_DAEMON=$(DAEMON) VFSD_BIN=$(abspath $(VFSD_BIN)) \
 	VFSD_GUEST_KERNEL=$(abspath $(KERNEL_DIR)/vmlinuz) VFSD_GUEST_INITRAMFS=$(abspath $(INITRAMFS)) \
-	VFSD_GUEST_REQUIRED=$${VFSD_GUEST_REQUIRED:-1} \
+	VFSD_GUEST_REQUIRED=1 \
 		$(GO) test -count=1 -v -timeout $(GUEST_TIMEOUT) -run 'TestGuest' ./tools/guest
 
 # The same guest tests against the reference daemon, to tell a rig problem from a vfsd one.
@@ -113,20 +118,25 @@ test-guest-ref:
 
 # --- demo, bench -----------------------------------------------------------
 
-demo: deps build initramfs
-	@rm -rf $(BUILD)/demo-share
+demo: deps initramfs
+	@if [ "$(DAEMON)" = vfsd ]; then \
+		mkdir -p $(BUILD); echo "go build -o $(VFSD_BIN) ./cmd/vfsd"; $(GO) build -o $(VFSD_BIN) ./cmd/vfsd; \
+	fi
 	$(GO) run ./tools/guest/cmd/demo -daemon $(DAEMON) -vfsd $(abspath $(VFSD_BIN)) \
 		-kernel $(abspath $(KERNEL_DIR)/vmlinuz) -initramfs $(abspath $(INITRAMFS)) \
 		-share $(abspath $(BUILD)/demo-share) -workdir $(abspath $(BUILD)/demo)
 
 # The benchmark harness (bench/) is another engineer's; until it has a main
-# package this runs the host load generator (tools/loadgen) if that exists.
+# package this runs the host load generator (tools/loadgen) on $(DAEMON).
+# BENCH_ARGS are passed through (e.g. BENCH_ARGS='-op read4k -depth 32').
+BENCH_ARGS ?=
 bench: build
-	@if $(GO) list -f '{{.Name}}' ./bench/... 2>/dev/null | grep -qx main; then \
-		echo "go run ./bench/..."; $(GO) run ./bench/...; \
-	elif [ -d tools/loadgen ] && $(GO) list -f '{{.Name}}' ./tools/loadgen 2>/dev/null | grep -qx main; then \
-		echo "bench: no bench/ main package yet; running tools/loadgen"; \
-		$(GO) run ./tools/loadgen; \
+	@main=$$($(GO) list -f '{{if eq .Name "main"}}{{.ImportPath}}{{end}}' ./bench/... 2>/dev/null | head -n1); \
+	if [ -n "$$main" ]; then \
+		echo "go run $$main $(BENCH_ARGS)"; $(GO) run $$main $(BENCH_ARGS); \
+	elif $(GO) list -f '{{.Name}}' ./tools/loadgen 2>/dev/null | grep -qx main; then \
+		echo "bench: no bench/ main package yet; running tools/loadgen on $(DAEMON)"; \
+		$(GO) run ./tools/loadgen -daemon $(DAEMON) $(BENCH_ARGS); \
 	else \
 		echo "bench: neither bench/ nor tools/loadgen has a main package yet" >&2; exit 1; \
 	fi
