@@ -412,8 +412,8 @@ func TestListenFDsNotForUs(t *testing.T) {
 		env     map[string]string
 		wantErr bool
 	}{
-		{env: map[string]string{"LISTEN_FDS": "1", "LISTEN_PID": "1"}},                          // another pid
-		{env: map[string]string{"LISTEN_FDS": "1"}},                                             // neither pid nor child marker
+		{env: map[string]string{"LISTEN_FDS": "1", "LISTEN_PID": "1"}},                           // another pid
+		{env: map[string]string{"LISTEN_FDS": "1"}},                                              // neither pid nor child marker
 		{env: map[string]string{"LISTEN_FDS": "x", "VFSD_LISTEN_FDS_CHILD": "1"}, wantErr: true}, // bad count
 		{env: map[string]string{"LISTEN_FDS": "-1", "VFSD_LISTEN_FDS_CHILD": "1"}, wantErr: true},
 		{env: map[string]string{"LISTEN_FDS": "2", "LISTEN_FDNAMES": "a", "LISTEN_PID": fmt.Sprint(os.Getpid())}, wantErr: true},
@@ -540,4 +540,3 @@ func equal(a, b []string) bool {
 	}
 	return true
 }
-

@@ -70,7 +70,8 @@ type Config struct {
 
 // Stats is a snapshot for `vfsd status`.
 type Stats struct {
-	Restarts     int64         // worker restarts after a death
+	Restarts     int64         // completed recoveries (a worker took over the session after a death)
+	Crashes      int64         // worker deaths (each is charged to the crash budget)
 	Upgrades     int64         // completed live upgrades
 	StoredFDs    int           // fds in the store
 	WorkerPID    int           // current worker, 0 if none
@@ -88,7 +89,8 @@ type Supervisor struct {
 
 	front     *msgConn
 	frontCh   chan *Msg
-	frontErr  error // valid once frontCh is closed
+	frontErr  error         // valid once frontCh is closed
+	frontEOF  chan struct{} // closed when the frontend reader stops reading
 	stopFront chan struct{}
 
 	sess      *session
@@ -102,8 +104,8 @@ type Supervisor struct {
 	startedAt time.Time
 	lastStall time.Duration
 
-	restarts, upgrades atomic.Int64
-	readySent          atomic.Bool
+	restarts, upgrades, deaths atomic.Int64
+	readySent                  atomic.Bool
 }
 
 var (
@@ -172,6 +174,7 @@ func New(cfg Config) (*Supervisor, error) {
 		done:      make(chan struct{}),
 		frontCh:   make(chan *Msg),
 		stopFront: make(chan struct{}),
+		frontEOF:  make(chan struct{}),
 	}
 	s.sess = newSession(s.log.Warn)
 	s.store = fdstore.NewServer(fdstore.Config{
@@ -224,6 +227,7 @@ func (s *Supervisor) Stats() Stats {
 	defer s.mu.Unlock()
 	st := Stats{
 		Restarts:  s.restarts.Load(),
+		Crashes:   s.deaths.Load(),
 		Upgrades:  s.upgrades.Load(),
 		StoredFDs: s.store.Len(),
 		LastStall: s.lastStall,
@@ -345,6 +349,7 @@ func (s *Supervisor) step(ctx context.Context) error {
 
 func (s *Supervisor) readFrontend() {
 	defer close(s.frontCh)
+	defer close(s.frontEOF)
 	for {
 		m, err := s.front.ReadMsg()
 		if err != nil {
@@ -459,7 +464,15 @@ func (s *Supervisor) recover(ctx context.Context, reason string) error {
 		old := s.w
 		stopped := time.Now()
 		if old.alive() {
-			s.log.Warn("killing misbehaving worker", "pid", old.pid, "reason", reason)
+			// The connection ended or misbehaved first; a dying worker is
+			// usually reaped a moment later.
+			t := time.NewTimer(100 * time.Millisecond)
+			select {
+			case <-old.exited:
+			case <-t.C:
+				s.log.Warn("killing a worker whose connection failed", "pid", old.pid, "reason", reason)
+			}
+			t.Stop()
 		}
 		s.retire(old, false)
 		s.store.Drain()
@@ -473,6 +486,7 @@ func (s *Supervisor) recover(ctx context.Context, reason string) error {
 			}
 		}
 		s.crashes = append(keep, now)
+		s.deaths.Add(1)
 		if n := len(s.crashes); n > s.cfg.MaxRestarts {
 			msg := fmt.Sprintf("worker crashed %d times in %v; giving up", n, s.cfg.RestartWindow)
 			s.log.Error(msg)
@@ -491,6 +505,10 @@ func (s *Supervisor) recover(ctx context.Context, reason string) error {
 		case <-ctx.Done():
 			t.Stop()
 			return errShutdown
+		case <-s.frontEOF:
+			t.Stop()
+			s.log.Info("frontend closed the connection during a worker restart")
+			return errFrontendGone
 		}
 		w, err := s.spawn(true)
 		if err != nil {

@@ -187,8 +187,5 @@ func (w *worker) exitDesc() string {
 	if st == nil {
 		return fmt.Sprint(w.waitErr)
 	}
-	if ws, ok := st.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-		return "killed by " + ws.Signal().String()
-	}
-	return "exit status " + strconv.Itoa(st.ExitCode())
+	return st.String()
 }
