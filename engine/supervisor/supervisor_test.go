@@ -23,6 +23,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"vfsd/engine/fdstore"
 )
 
 func TestMain(m *testing.M) {
@@ -709,5 +711,50 @@ func TestReplayWithoutReplyAck(t *testing.T) {
 	}
 	if err := h.stop(); err != nil {
 		t.Fatalf("Run: %v", err)
+	}
+}
+
+func TestUpstreamSystemd(t *testing.T) {
+	var ready atomic.Bool
+	sysd := fdstore.NewServer(fdstore.Config{OnMessage: func(m fdstore.Message) {
+		if m.Ready {
+			ready.Store(true)
+		}
+	}})
+	defer sysd.Close()
+	path := filepath.Join(t.TempDir(), "notify")
+	if err := sysd.Listen(path); err != nil {
+		t.Fatal(err)
+	}
+	up, err := fdstore.NewClient(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close()
+	// An fd systemd handed back from a previous run is adopted and given to
+	// the first worker.
+	restored, err := unix.MemfdCreate("restored", unix.MFD_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := startHarness(t, nil, func(c *Config) {
+		c.Upstream = up
+		c.Restored = []fdstore.NamedFD{{Name: "old", FD: restored}}
+	})
+	h.initSession()
+	if s := startOf(h.workerLogs()[h.sup.Stats().WorkerPID]); s == nil || s.Resume || strings.Join(s.Names, ",") != "old" {
+		t.Fatalf("first worker start %+v", s)
+	}
+	waitFor(t, "state forwarded upstream", func() bool {
+		sysd.Drain()
+		names := sysd.Names()
+		return len(names) == 1 && names[0] == fdstore.UpstreamPrefix+"state" && ready.Load()
+	})
+	if err := h.stop(); err != nil {
+		t.Fatal(err)
+	}
+	sysd.Drain()
+	if n := sysd.Len(); n != 0 {
+		t.Fatalf("systemd still holds %d fds after an orderly stop", n)
 	}
 }
