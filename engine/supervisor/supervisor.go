@@ -9,6 +9,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"vfsd/engine/fdstore"
@@ -128,7 +129,8 @@ func New(cfg Config) (*Supervisor, error) {
 		return nil, err
 	}
 	if cfg.FrontendFD < 0 {
-		return nil, errors.New("supervisor: no frontend fd")
+		cfg.FrontendFD = -1
+		return fail(errors.New("supervisor: no frontend fd"))
 	}
 	path := cfg.WorkerPath
 	if path == "" {
@@ -280,8 +282,8 @@ func (s *Supervisor) Upgrade() error {
 }
 
 // Run relays the frontend connection to workers until the frontend closes
-// it or ctx is cancelled (nil), or the crash budget is exhausted (an error
-// wrapping ErrBudgetExhaust). Every fd is closed and the worker reaped
+// it or ctx is cancelled (nil), the crash budget is exhausted (an error
+// wrapping ErrBudgetExhaust), or the frontend breaks the framing (an error). Every fd is closed and the worker reaped
 // before it returns. Run may be called once.
 func (s *Supervisor) Run(ctx context.Context) (err error) {
 	s.mu.Lock()
@@ -318,12 +320,13 @@ func (s *Supervisor) step(ctx context.Context) error {
 		return errShutdown
 	case m, ok := <-s.frontCh:
 		if !ok {
-			if s.frontErr != io.EOF {
-				s.log.Info("frontend connection ended", "err", s.frontErr)
-			} else {
+			switch {
+			case s.frontErr == io.EOF, errors.Is(s.frontErr, syscall.ECONNRESET):
 				s.log.Info("frontend closed the connection")
+				return errFrontendGone
+			default:
+				return fmt.Errorf("supervisor: frontend: %w", s.frontErr)
 			}
-			return errFrontendGone
 		}
 		return s.relay(ctx, m)
 	case m, ok := <-s.w.replies:

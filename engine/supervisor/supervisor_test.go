@@ -758,3 +758,26 @@ func TestUpstreamSystemd(t *testing.T) {
 		t.Fatalf("systemd still holds %d fds after an orderly stop", n)
 	}
 }
+
+func TestFrontendFramingError(t *testing.T) {
+	h := startHarness(t, nil, nil)
+	h.initSession()
+	var hdr [hdrSize]byte
+	binary.LittleEndian.PutUint32(hdr[0:], reqSetConfigForTest)
+	binary.LittleEndian.PutUint32(hdr[4:], flagVersion)
+	binary.LittleEndian.PutUint32(hdr[8:], maxPayload+1)
+	if err := h.fe.writeRaw(hdr[:], nil); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-h.runErr:
+		h.runErr <- err
+		if err == nil || !strings.Contains(err.Error(), "payload") {
+			t.Fatalf("Run = %v, want a framing error", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("supervisor kept running after a framing error")
+	}
+}
+
+const reqSetConfigForTest = 25
