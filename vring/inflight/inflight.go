@@ -166,13 +166,25 @@ func MapAt(fd int, offset int64, numQueues, queueSize int) (*Region, error) {
 		return nil, fmt.Errorf("inflight: mmap %d bytes at %d: %w", size, offset, err)
 	}
 	r := newRegion(fd, whole, data, numQueues, queueSize)
-	for i := range r.queues {
-		if err := r.queues[i].check(); err != nil {
-			r.Close()
-			return nil, fmt.Errorf("inflight: queue %d: %w", i, err)
-		}
+	if !aligned8(data) {
+		r.Close()
+		return nil, fmt.Errorf("inflight: offset %d gives a misaligned mapping", offset)
+	}
+	if err := r.validate(); err != nil {
+		r.Close()
+		return nil, err
 	}
 	return r, nil
+}
+
+// validate checks every queue's header (and started queues' inflight bytes).
+func (r *Region) validate() error {
+	for i := range r.queues {
+		if err := r.queues[i].check(); err != nil {
+			return fmt.Errorf("inflight: queue %d: %w", i, err)
+		}
+	}
+	return nil
 }
 
 func newRegion(fd int, whole, data []byte, numQueues, queueSize int) *Region {
