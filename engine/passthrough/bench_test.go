@@ -82,6 +82,9 @@ func hotRequests(c *tfs, f fuse.EntryOut, fh uint64) map[string]*hot {
 // TestHotPathAllocs: GETATTR, LOOKUP of a known inode, READ and WRITE
 // allocate nothing per request.
 func TestHotPathAllocs(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector's instrumentation allocates")
+	}
 	c, f, fh := hotSetup(t)
 	for op, h := range hotRequests(c, f, fh) {
 		if e := h.run(); e != 0 {

@@ -113,7 +113,7 @@ func (fs *FS) opTmpfile(req *fuse.Request, rep *fuse.Reply, arg []byte) {
 		rep.Error(unix.EINVAL)
 		return
 	}
-	flags &^= unix.O_TRUNC | unix.O_EXCL | unix.O_APPEND
+	// O_EXCL keeps its O_TMPFILE meaning: the file can never be linked.
 	fs.createFile(req, rep, dotName[:1], flags|unix.O_TMPFILE, createMode(c.Mode&07777, c.Umask))
 }
 
