@@ -564,6 +564,18 @@ func TestLocks(t *testing.T) {
 	c.call(fuse.OpInterrupt, 0, b(fuse.InterruptIn{Unique: 9003}))
 	wantErr(t, "pre-interrupted SETLKW", <-setlkw(9003, fuse.LkIn{Fh: h1, Lk: wr}), unix.EINTR)
 
+	// RELEASE of the handle a SETLKW waits on ends the wait with EBADF.
+	h3 := c.open(f.NodeID, unix.O_RDWR)
+	done = setlkw(9005, fuse.LkIn{Fh: h3, Lk: wr})
+	time.Sleep(10 * time.Millisecond)
+	c.call(fuse.OpRelease, f.NodeID, b(fuse.ReleaseIn{Fh: h3}))
+	select {
+	case e := <-done:
+		wantErr(t, "SETLKW on a released handle", e, unix.EBADF)
+	case <-time.After(5 * time.Second):
+		t.Fatal("RELEASE did not end SETLKW")
+	}
+
 	// flock through FUSE_LK_FLOCK, SETLKW ended by DESTROY.
 	eno, _ = c.call(fuse.OpSetlk, f.NodeID, b(fuse.LkIn{Fh: h1, Lk: wr, LkFlags: fuse.LkFlock}))
 	wantErr(t, "flock EX", eno, 0)

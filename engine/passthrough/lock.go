@@ -201,7 +201,14 @@ func (fs *FS) setlk(req *fuse.Request, rep *fuse.Reply, arg []byte, wait bool) {
 		case <-t.C:
 		}
 		if h.dead.Load() {
-			rep.Error(unix.EBADF)
+			// Released under us; at DESTROY (which cancels before it
+			// closes) the answer is EINTR like any cancelled wait.
+			select {
+			case <-ch:
+				rep.Error(unix.EINTR)
+			default:
+				rep.Error(unix.EBADF)
+			}
 			return
 		}
 		err := try()
