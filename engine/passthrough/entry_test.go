@@ -132,14 +132,23 @@ func TestHostileNames(t *testing.T) {
 	}
 	mk := func(n []byte) map[string]func() unix.Errno {
 		return map[string]func() unix.Errno{
-			"LOOKUP":  func() unix.Errno { e, _ := c.call(fuse.OpLookup, d.NodeID, n); return e },
-			"MKDIR":   func() unix.Errno { e, _ := c.call(fuse.OpMkdir, d.NodeID, b(fuse.MkdirIn{Mode: 0o755}), n); return e },
-			"MKNOD":   func() unix.Errno { e, _ := c.call(fuse.OpMknod, d.NodeID, b(fuse.MknodIn{Mode: unix.S_IFIFO | 0o644}), n); return e },
-			"CREATE":  func() unix.Errno { e, _ := c.call(fuse.OpCreate, d.NodeID, b(fuse.CreateIn{Flags: unix.O_RDWR, Mode: 0o644}), n); return e },
+			"LOOKUP": func() unix.Errno { e, _ := c.call(fuse.OpLookup, d.NodeID, n); return e },
+			"MKDIR":  func() unix.Errno { e, _ := c.call(fuse.OpMkdir, d.NodeID, b(fuse.MkdirIn{Mode: 0o755}), n); return e },
+			"MKNOD": func() unix.Errno {
+				e, _ := c.call(fuse.OpMknod, d.NodeID, b(fuse.MknodIn{Mode: unix.S_IFIFO | 0o644}), n)
+				return e
+			},
+			"CREATE": func() unix.Errno {
+				e, _ := c.call(fuse.OpCreate, d.NodeID, b(fuse.CreateIn{Flags: unix.O_RDWR, Mode: 0o644}), n)
+				return e
+			},
 			"UNLINK":  func() unix.Errno { e, _ := c.call(fuse.OpUnlink, d.NodeID, n); return e },
 			"RMDIR":   func() unix.Errno { e, _ := c.call(fuse.OpRmdir, d.NodeID, n); return e },
 			"SYMLINK": func() unix.Errno { e, _ := c.call(fuse.OpSymlink, d.NodeID, n, name("t")); return e },
-			"LINK":    func() unix.Errno { e, _ := c.call(fuse.OpLink, d.NodeID, b(fuse.LinkIn{Oldnodeid: d.NodeID}), n); return e },
+			"LINK": func() unix.Errno {
+				e, _ := c.call(fuse.OpLink, d.NodeID, b(fuse.LinkIn{Oldnodeid: d.NodeID}), n)
+				return e
+			},
 			"RENAME old": func() unix.Errno {
 				e, _ := c.call(fuse.OpRename, d.NodeID, b(fuse.RenameIn{Newdir: d.NodeID}), n, name("ok"))
 				return e

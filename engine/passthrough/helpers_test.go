@@ -15,7 +15,7 @@ import (
 
 func TestMain(m *testing.M) {
 	recoverPanics = false // a panic must fail the test, not become EIO
-	countFds() // initialises the runtime poller (its fds are not ours)
+	countFds()            // initialises the runtime poller (its fds are not ours)
 	before := countFds()
 	code := m.Run()
 	if code == 0 {
