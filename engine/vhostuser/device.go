@@ -25,6 +25,10 @@ type Options struct {
 	RequestQueues int          // request queues besides the hiprio queue (>= 1)
 	MemSlots      int          // GET_MAX_MEM_SLOTS answer; 0 means DefaultMemSlots
 	Logger        *slog.Logger // nil means slog.Default()
+	// Disconnect, if set, is called once when the connection ends, before
+	// the queues are stopped: the place to cancel requests that could
+	// otherwise block a queue's stop forever (a SETLKW wait).
+	Disconnect func()
 }
 
 // vringState is what the Device knows about one virtqueue.
@@ -225,6 +229,9 @@ func (d *Device) vring(idx uint32) (*vringState, int, error) {
 func (d *Device) Close() {
 	if d.closed {
 		return
+	}
+	if d.o.Disconnect != nil {
+		d.o.Disconnect()
 	}
 	for i := range d.vrings {
 		v := &d.vrings[i]

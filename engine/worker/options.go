@@ -1,0 +1,106 @@
+package worker
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+
+	"golang.org/x/sys/unix"
+
+	"vfsd/engine/dataplane"
+)
+
+// Cache modes (virtiofsd's -o cache=none is accepted as "never").
+var CacheModes = []string{"auto", "always", "never", "metadata"}
+
+// Limits.
+const (
+	MaxRequestQueues = 255 // the queue index in SET_VRING_{KICK,CALL,ERR} is 8 bits
+	MaxPoolSize      = 1 << 16
+)
+
+// Options configures one worker run.
+type Options struct {
+	SocketPath  string // listen here (exactly one of SocketPath, ListenFD, ConnFD)
+	ListenFD    int    // inherited listening socket; -1: none
+	ConnFD      int    // inherited connected vhost-user socket; -1: none
+	SocketGroup string // group owning the socket file (SocketPath only)
+
+	SharedDir     string
+	Tag           string // accepted for compatibility: the tag is QEMU's (vhost-user-fs-pci tag=)
+	Cache         string // one of CacheModes
+	RequestQueues int    // request virtqueues besides hiprio, 1..MaxRequestQueues
+	PoolSize      int    // goroutines for blocking requests, 1..MaxPoolSize
+
+	Logger *slog.Logger // nil means slog.Default()
+}
+
+// DefaultOptions returns the defaults: cache auto, one request queue, a
+// pool of dataplane.DefaultPoolSize, no socket.
+func DefaultOptions() Options {
+	return Options{ListenFD: -1, ConnFD: -1, Cache: "auto", RequestQueues: 1, PoolSize: dataplane.DefaultPoolSize}
+}
+
+// Validate checks o: one connection source, a shared directory that exists
+// and can be opened, known cache mode, counts in range.
+func (o *Options) Validate() error {
+	n := 0
+	if o.SocketPath != "" {
+		n++
+	}
+	if o.ListenFD >= 0 {
+		n++
+	}
+	if o.ConnFD >= 0 {
+		n++
+	}
+	switch {
+	case n == 0:
+		return errors.New("no vhost-user socket: give --socket-path or --fd")
+	case n > 1:
+		return errors.New("give only one of --socket-path, --fd and --vhost-fd")
+	}
+	if o.SocketGroup != "" && o.SocketPath == "" {
+		return errors.New("--socket-group needs --socket-path")
+	}
+	for _, fd := range []int{o.ListenFD, o.ConnFD} {
+		if fd >= 0 {
+			if fd <= 2 {
+				return fmt.Errorf("socket fd %d is a standard stream", fd)
+			}
+			if t, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE); err != nil || t != unix.SOCK_STREAM {
+				return fmt.Errorf("fd %d is not a stream socket", fd)
+			}
+		}
+	}
+	if o.SharedDir == "" {
+		return errors.New("no shared directory: give --shared-dir (or -o source=DIR)")
+	}
+	fi, err := os.Stat(o.SharedDir)
+	if err != nil {
+		return fmt.Errorf("shared directory: %w", err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("shared directory %s is not a directory", o.SharedDir)
+	}
+	dfd, err := unix.Open(o.SharedDir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("shared directory %s: %w", o.SharedDir, err)
+	}
+	unix.Close(dfd)
+	ok := false
+	for _, c := range CacheModes {
+		ok = ok || c == o.Cache
+	}
+	if !ok {
+		return fmt.Errorf("cache mode %q: want auto, always, never or metadata", o.Cache)
+	}
+	if o.RequestQueues < 1 || o.RequestQueues > MaxRequestQueues {
+		return fmt.Errorf("%d request queues: want 1..%d", o.RequestQueues, MaxRequestQueues)
+	}
+	if o.PoolSize < 1 || o.PoolSize > MaxPoolSize {
+		return fmt.Errorf("thread pool size %d: want 1..%d", o.PoolSize, MaxPoolSize)
+	}
+	return nil
+}
