@@ -106,6 +106,11 @@ func TestLookupDots(t *testing.T) {
 	f := c.mustLookup(fuse.RootID, "f")
 	_, eno = c.lookup(f.NodeID, "x")
 	wantErr(t, "LOOKUP in a file", eno, unix.ENOTDIR)
+	_, eno = c.lookup(f.NodeID, "..")
+	wantErr(t, "LOOKUP .. of a file", eno, unix.ENOTDIR)
+	if e := c.mustLookup(f.NodeID, "."); e.NodeID != f.NodeID || e.Attr.Mode&unix.S_IFMT != unix.S_IFREG {
+		t.Errorf("LOOKUP . of a file (export support): %+v", e)
+	}
 }
 
 // TestHostileNames: no guest name can make the FS touch anything but one

@@ -47,7 +47,15 @@ func (fs *FS) opLookup(req *fuse.Request, rep *fuse.Reply, arg []byte) {
 		rep.Error(eno)
 		return
 	}
-	p, eno := fs.getDir(req.NodeID)
+	self := len(name) == 1 && name[0] == '.'
+	var p *inode
+	if self {
+		// The guest's NFS export support looks up "." on any nodeid,
+		// directories and files alike, to revalidate a file handle.
+		p, eno = fs.getInode(req.NodeID)
+	} else {
+		p, eno = fs.getDir(req.NodeID)
+	}
 	if eno != 0 {
 		rep.Error(eno)
 		return
@@ -55,9 +63,9 @@ func (fs *FS) opLookup(req *fuse.Request, rep *fuse.Reply, arg []byte) {
 	defer p.unpin()
 	var e fuse.EntryOut
 	switch {
-	case len(name) == 1 && name[0] == '.', isDots(name) && p == fs.root:
-		// "." (NFS export support) is the directory itself; ".." of the
-		// root is the root: the guest never leaves the shared directory.
+	case self, isDots(name) && p == fs.root:
+		// ".." of the root is the root: the guest never leaves the
+		// shared directory.
 		eno = fs.entryOf(p, &e)
 	default:
 		eno = fs.lookupAt(p.fd, name, &e)
