@@ -25,6 +25,15 @@
 //     How 16-bit indices are loaded and stored is decided in
 //     vring/internal/ring/atomic_unsafe.go.
 //
+// Inflight tracking (optional; vring/inflight has the region and the crash
+// argument): SetInflight on a fresh start, or ResumeInflight on a queue just
+// made by New after a crash, which repairs the region against used.idx,
+// moves LastAvail/UsedIdx and returns the heads to resubmit (re-read them
+// with Walk). With tracking, Pop flags every head it consumes (ErrBadChain
+// included) after the chain is walked, and refuses (ErrBroken) a head that is
+// still flagged; Publish stores last_batch_head, then used.idx, then clears
+// the batch's flags, then stores used_idx.
+//
 // A Queue is used only by its queue's thread; Pop, Push and Publish do not
-// allocate in steady state.
+// allocate in steady state, with tracking on or off.
 package vring
