@@ -269,17 +269,36 @@ func TestResumeInflightNotStarted(t *testing.T) {
 
 func TestResumeInflightRefuses(t *testing.T) {
 	r := newRig(t, 8, false, 0, 0)
+	small, err := inflight.Create(1, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer small.Close()
+	if _, err := r.q.ResumeInflight(small.Queue(0)); err == nil {
+		t.Fatal("ResumeInflight with a 4-entry region on an 8-entry queue")
+	}
+	if err := r.q.SetInflight(small.Queue(0)); err == nil {
+		t.Fatal("SetInflight with a 4-entry region on an 8-entry queue")
+	}
+	// A region sized for a larger queue works, but a head past this queue's
+	// size in flight is corrupt.
 	big, err := inflight.Create(1, 16)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer big.Close()
-	if _, err := r.q.ResumeInflight(big.Queue(0)); err == nil {
-		t.Fatal("ResumeInflight with a 16-entry region on an 8-entry queue")
+	big.Queue(0).Init(0)
+	big.Queue(0).Get(3)
+	big.Queue(0).Get(12)
+	if _, err := r.q.ResumeInflight(big.Queue(0)); !errors.Is(err, inflight.ErrCorrupt) {
+		t.Fatalf("ResumeInflight with head 12 in flight on an 8-entry queue: %v", err)
 	}
-	if err := r.q.SetInflight(big.Queue(0)); err == nil {
-		t.Fatal("SetInflight with a 16-entry region on an 8-entry queue")
+	big.Queue(0).Init(0)
+	big.Queue(0).Get(3)
+	if heads, err := r.q.ResumeInflight(big.Queue(0)); err != nil || !slices.Equal(heads, []uint16{3}) || r.q.LastAvail() != 1 {
+		t.Fatalf("ResumeInflight with a 16-entry region: %v %v", heads, err)
 	}
+	r = newRig(t, 8, false, 0, 0)
 	if _, err := r.q.ResumeInflight(nil); err == nil {
 		t.Fatal("ResumeInflight(nil)")
 	}

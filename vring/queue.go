@@ -379,7 +379,8 @@ func (q *Queue) EnableNotify() bool {
 }
 
 // SetInflight turns on inflight tracking for a queue that starts afresh (first
-// start, or after a device reset): iq is initialized with nothing in flight
+// start, or after a device reset). iq may have more descriptors than the
+// queue (a region sized for the largest queue), not fewer. iq is initialized with nothing in flight
 // and used_idx = UsedIdx(). From then on Pop marks every head it consumes,
 // and Publish completes the batch in the region around the used.idx store
 // (see vring/inflight). Call it before the first Pop. Queue thread only.
@@ -426,6 +427,11 @@ func (q *Queue) ResumeInflight(iq *inflight.Queue) ([]uint16, error) {
 	if err != nil {
 		return nil, fmt.Errorf("vring: resume inflight: %w", err)
 	}
+	for _, h := range heads {
+		if int(h) >= q.cfg.Size { // only with a region larger than the queue
+			return nil, fmt.Errorf("vring: resume inflight: %w: head %d in flight, queue size %d", inflight.ErrCorrupt, h, q.cfg.Size)
+		}
+	}
 	q.lastAvail, q.shadowAvail = lastAvail, lastAvail
 	q.usedIdx, q.published = usedIdx, usedIdx
 	q.signalValid = false
@@ -444,7 +450,9 @@ func (q *Queue) attachCheck(iq *inflight.Queue) error {
 	if iq == nil {
 		return errors.New("vring: nil inflight queue")
 	}
-	if iq.Size() != q.cfg.Size {
+	// The frontend sizes the region for the largest queue (GET_INFLIGHT_FD's
+	// queue_size); the driver may have chosen a smaller one.
+	if iq.Size() < q.cfg.Size {
 		return fmt.Errorf("vring: inflight region has %d descriptors, queue size %d", iq.Size(), q.cfg.Size)
 	}
 	return nil
