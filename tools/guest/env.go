@@ -23,6 +23,7 @@ const (
 	EnvSteps      = "VFSD_GUEST_STEPS"       // comma-separated guest steps
 	EnvTimeout    = "VFSD_GUEST_TIMEOUT"     // Go duration for one guest run
 	EnvKeep       = "VFSD_GUEST_KEEP"        // directory to keep the run's logs and share in
+	EnvCmdline    = "VFSD_GUEST_CMDLINE"     // extra kernel command line words (e.g. vfsd.steplimit=60)
 )
 
 // RepoRoot returns the repository root: the nearest directory upwards from the

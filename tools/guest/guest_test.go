@@ -104,6 +104,7 @@ func setupGuest(t *testing.T, name string, steps []string) (context.Context, *gu
 		Kernel:     kernel,
 		Initramfs:  initramfs,
 		Steps:      steps,
+		Cmdline:    strings.Fields(os.Getenv(EnvCmdline)),
 		WorkDir:    logs,
 		Timeout:    timeout,
 	}}
