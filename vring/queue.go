@@ -309,7 +309,10 @@ func (q *Queue) translate(c *Chain, addr, n uint64, w bool) error {
 }
 
 // Push writes a used element for head (from Pop) with written bytes. It is
-// not visible to the driver until Publish.
+// not visible to the driver until Publish. With inflight tracking, push each
+// popped (or resubmitted) head exactly once, and at most Size elements
+// between two Publish calls: Publish clears the in-flight flags of what was
+// pushed.
 func (q *Queue) Push(head uint16, written uint32) {
 	e := q.used[ring.HdrSize+ring.ElemSize*int(q.usedIdx&q.mask):]
 	binary.LittleEndian.PutUint32(e[0:], uint32(head))
@@ -324,6 +327,8 @@ func (q *Queue) Push(head uint16, written uint32) {
 // Publish makes all pushed elements visible with a release store of used.idx
 // and reports whether the driver must be notified: with EVENT_IDX when the new
 // index passed used_event, otherwise unless avail.flags has NO_INTERRUPT.
+// With inflight tracking it records the batch's first head before the store
+// and clears the batch's flags and stores used_idx after it.
 func (q *Queue) Publish() bool {
 	old, cur := q.published, q.usedIdx
 	if old == cur {
@@ -378,12 +383,13 @@ func (q *Queue) EnableNotify() bool {
 	return ring.Load16(q.avail, 2) != q.lastAvail
 }
 
-// SetInflight turns on inflight tracking for a queue that starts afresh (first
-// start, or after a device reset). iq may have more descriptors than the
-// queue (a region sized for the largest queue), not fewer. iq is initialized with nothing in flight
-// and used_idx = UsedIdx(). From then on Pop marks every head it consumes,
-// and Publish completes the batch in the region around the used.idx store
-// (see vring/inflight). Call it before the first Pop. Queue thread only.
+// SetInflight turns on inflight tracking for a queue that starts afresh
+// (first start, or after a device reset): iq is initialized with nothing in
+// flight and used_idx = UsedIdx(). From then on Pop marks every head it
+// consumes, and Publish completes the batch in the region around the used.idx
+// store (see vring/inflight). iq may have more descriptors than the queue (a
+// region sized for the largest queue), not fewer. Call it before the first
+// Pop. Queue thread only.
 func (q *Queue) SetInflight(iq *inflight.Queue) error {
 	if err := q.attachCheck(iq); err != nil {
 		return err
