@@ -431,11 +431,11 @@ func (q *Queue) ResumeInflight(iq *inflight.Queue) ([]uint16, error) {
 		return binary.LittleEndian.Uint32(used[ring.HdrSize+ring.ElemSize*int(i&q.mask):])
 	})
 	if err != nil {
-		return nil, fmt.Errorf("vring: resume inflight: %w", err)
+		return nil, fmt.Errorf("vring: resume: %w", err)
 	}
 	for _, h := range heads {
 		if int(h) >= q.cfg.Size { // only with a region larger than the queue
-			return nil, fmt.Errorf("vring: resume inflight: %w: head %d in flight, queue size %d", inflight.ErrCorrupt, h, q.cfg.Size)
+			return nil, fmt.Errorf("vring: resume: %w: head %d in flight, queue size %d", inflight.ErrCorrupt, h, q.cfg.Size)
 		}
 	}
 	q.lastAvail, q.shadowAvail = lastAvail, lastAvail

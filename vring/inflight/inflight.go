@@ -181,7 +181,7 @@ func MapAt(fd int, offset int64, numQueues, queueSize int) (*Region, error) {
 func (r *Region) validate() error {
 	for i := range r.queues {
 		if err := r.queues[i].check(); err != nil {
-			return fmt.Errorf("inflight: queue %d: %w", i, err)
+			return fmt.Errorf("queue %d: %w", i, err)
 		}
 	}
 	return nil
