@@ -100,21 +100,29 @@ func (d *Dataplane) StopQueue(i int) (uint16, error) {
 // SetMem switches every running queue to t and returns once none of them,
 // nor any request they popped before, uses the previous table.
 func (d *Dataplane) SetMem(t *mem.Table) error {
+	type pending struct {
+		q   *queue
+		ack chan error
+	}
 	d.mu.Lock()
-	acks := make([]chan error, 0, len(d.queues))
+	waits := make([]pending, 0, len(d.queues))
 	for _, q := range d.queues {
 		ack := make(chan error, 1)
 		q.mu.Lock()
 		q.memReq, q.memAck = t, ack
 		q.mu.Unlock()
 		signal(q.ctl)
-		acks = append(acks, ack)
+		waits = append(waits, pending{q, ack})
 	}
 	d.mu.Unlock()
 	var first error
-	for _, ack := range acks {
-		if err := <-ack; err != nil && first == nil {
-			first = err
+	for _, w := range waits {
+		select {
+		case err := <-w.ack:
+			if err != nil && first == nil {
+				first = err
+			}
+		case <-w.q.exited: // died on an epoll failure: nothing runs there
 		}
 	}
 	return first
@@ -128,6 +136,11 @@ func (d *Dataplane) SetCall(i int, fd int) error {
 	}
 	q.notifyMu.Lock()
 	q.call = fd
+	if fd >= 0 {
+		// A notification due while the queue had no (or another) call fd
+		// would be lost; a spurious one is harmless to a virtio driver.
+		signal(fd)
+	}
 	q.notifyMu.Unlock()
 	return nil
 }

@@ -609,7 +609,11 @@ func (d *Device) setVringKick(m *Message) ([]byte, error) {
 	}
 	closeFD(&v.kick)
 	v.kick = fd
-	v.started = true // fd -1: the frontend asked for polling
+	// The kick starts the ring (fd -1: the frontend asked for polling) and,
+	// as in libvhost-user and virtiofsd, enables it: frontends before QEMU
+	// 7.2 never send SET_VRING_ENABLE to vhost-user-fs even with
+	// PROTOCOL_FEATURES. SET_VRING_ENABLE 0 still pauses the ring.
+	v.started, v.enabled = true, true
 	return nil, d.reconcile(i)
 }
 

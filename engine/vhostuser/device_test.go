@@ -100,12 +100,15 @@ func TestQEMULifecycle(t *testing.T) {
 			}
 		}
 	}
-	f.expect() // started by kick, but not enabled yet
+	// The kick starts and enables each ring (its call fd arrives after it).
+	f.expect(
+		"start 0 size=128 desc=0x10000 avail=0x11000 used=0x12000 base=0 eventidx=true kick=true call=false",
+		"setcall 0",
+		"start 1 size=128 desc=0x20000 avail=0x21000 used=0x22000 base=0 eventidx=true kick=true call=false",
+		"setcall 1")
 	f.send(ReqSetVringEnable, 0, stateMsg(0, 1))
 	f.send(ReqSetVringEnable, 0, stateMsg(1, 1))
-	f.expect(
-		"start 0 size=128 desc=0x10000 avail=0x11000 used=0x12000 base=0 eventidx=true kick=true call=true",
-		"start 1 size=128 desc=0x20000 avail=0x21000 used=0x22000 base=0 eventidx=true kick=true call=true")
+	f.expect()
 
 	// Interrupt masking changes the call fd of a running queue.
 	if r := f.ack(ReqSetVringCall, u64Bytes(1), eventfd(t)); r != 0 {
@@ -124,12 +127,16 @@ func TestQEMULifecycle(t *testing.T) {
 		t.Fatalf("GET_VRING_BASE = %+v", s)
 	}
 	f.expect("stop 1")
-	// Restart: the ring needs a new kick.
+	// Restart: enabling is not enough, the ring needs a new kick.
 	f.send(ReqSetVringBase, 0, stateMsg(1, 5))
 	f.send(ReqSetVringEnable, 0, stateMsg(1, 1))
 	f.expect()
 	f.send(ReqSetVringKick, 0, u64Bytes(1), eventfd(t))
 	f.expect("start 1 size=128 desc=0x20000 avail=0x21000 used=0x22000 base=5 eventidx=true kick=true call=true")
+	// Disable pauses a running ring, enable resumes it where it stopped.
+	f.send(ReqSetVringEnable, 0, stateMsg(0, 0))
+	f.send(ReqSetVringEnable, 0, stateMsg(0, 1))
+	f.expect("stop 0", "start 0 size=128 desc=0x10000 avail=0x11000 used=0x12000 base=5 eventidx=true kick=true call=true")
 
 	// Removing the only region stops every ring.
 	if r := f.ack(ReqRemMemReg, memRegMsg(region)); r != 0 {

@@ -12,12 +12,16 @@
 //     the Backend interface. This package knows nothing of FUSE.
 //
 // Ring states (vhost-user.rst, "Ring states"): a vring is started by
-// SET_VRING_KICK and stopped by GET_VRING_BASE; it is enabled by
-// SET_VRING_ENABLE, or directly at start when VHOST_USER_F_PROTOCOL_FEATURES
-// was not negotiated. A vring runs on the Backend while it is started and
-// enabled and has a size, addresses and guest memory. Disabling or stopping
-// it stops the Backend's queue, which reports the ring's last avail index;
-// that index becomes the vring base for the next start.
+// SET_VRING_KICK and stopped by GET_VRING_BASE; SET_VRING_ENABLE 0 disables
+// it and 1 enables it again. Deviation, shared with libvhost-user and the
+// reference virtiofsd: SET_VRING_KICK also enables the ring, because
+// frontends before QEMU 7.2 never send SET_VRING_ENABLE to vhost-user-fs
+// even when VHOST_USER_F_PROTOCOL_FEATURES is negotiated (QEMU 7.2 sends it
+// right after the kick, so nothing changes there). A vring runs on the
+// Backend while it is started and enabled and has a size, addresses and
+// guest memory. Disabling or stopping it stops the Backend's queue, which
+// reports the ring's last avail index; that index becomes the vring base
+// for the next start.
 //
 // Ownership: the Device owns every fd it received (guest memory fds are
 // closed once mapped; eventfds and the backend request fd are kept until they
