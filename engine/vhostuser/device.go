@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"runtime/debug"
 
 	"golang.org/x/sys/unix"
 
@@ -163,6 +164,14 @@ func init() {
 // requested, and logged otherwise.
 func (d *Device) HandleMessage(m *Message) (reply []byte, err error) {
 	defer closeFDs(m.FDs) // handlers take the fds they keep (setting them to -1)
+	defer func() {
+		// A bug here must end this connection, not the process.
+		if p := recover(); p != nil {
+			d.log.Error("panic handling vhost-user message", "request", RequestName(m.Request),
+				"panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+			reply, err = nil, fmt.Errorf("%w: internal error on %s", ErrMalformed, RequestName(m.Request))
+		}
+	}()
 	ack := d.protocol&ProtocolReplyAck != 0 && m.Flags&FlagNeedReply != 0
 	var h *handler
 	if m.Request < reqMax {
