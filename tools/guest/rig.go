@@ -87,15 +87,7 @@ func (r *Result) Diagnostics() string {
 }
 
 func (c *Config) setDefaults() error {
-	if c.Daemon == "" {
-		c.Daemon = DaemonVfsd
-	}
-	if c.Cache == "" {
-		c.Cache = "auto"
-	}
-	if c.Tag == "" {
-		c.Tag = "vfsd"
-	}
+	c.setNameDefaults()
 	if c.QEMU == "" {
 		p, err := exec.LookPath("qemu-system-x86_64")
 		if err != nil {
@@ -133,8 +125,22 @@ func (c *Config) setDefaults() error {
 	return nil
 }
 
-// DaemonCommand returns the daemon's argv for the config.
+func (c *Config) setNameDefaults() {
+	if c.Daemon == "" {
+		c.Daemon = DaemonVfsd
+	}
+	if c.Cache == "" {
+		c.Cache = "auto"
+	}
+	if c.Tag == "" {
+		c.Tag = "vfsd"
+	}
+}
+
+// DaemonCommand returns the daemon's argv for the config (filling in the
+// defaults for Daemon, Cache and Tag).
 func (c *Config) DaemonCommand(socket string) ([]string, error) {
+	c.setNameDefaults()
 	bin := c.DaemonBin
 	var args []string
 	switch c.Daemon {
