@@ -63,7 +63,7 @@ type Frontend struct {
 // Dial connects to the vhost-user socket at path (waiting for it to appear),
 // creates guest RAM and runs the initialisation sequence QEMU 7.2 runs for a
 // vhost-user-fs-pci device, leaving all queues started and enabled.
-func Dial(path string, o Options) (f *Frontend, err error) {
+func Dial(path string, o Options) (*Frontend, error) {
 	if o.QueueSize == 0 {
 		o.QueueSize = 256
 	}
@@ -76,28 +76,29 @@ func Dial(path string, o Options) (f *Frontend, err error) {
 	if o.QueueSize < 1 || o.QueueSize > 32768 || o.QueueSize&(o.QueueSize-1) != 0 {
 		return nil, fmt.Errorf("frontend: queue size %d not a power of two", o.QueueSize)
 	}
-	f = &Frontend{opts: o, dead: make(chan struct{}), watchFD: -1}
-	defer func() {
-		if err != nil {
-			f.Close()
-		}
-	}()
-	if f.Mem, err = NewMemory(o.Mem); err != nil {
-		return nil, err
-	}
-	if f.conn, err = dialUnix(path, time.Now().Add(o.DialTimeout)); err != nil {
-		return nil, err
-	}
-	if err = f.negotiate(); err != nil {
-		return nil, err
-	}
-	if err = f.start(); err != nil {
-		return nil, err
-	}
-	if err = f.startWatch(); err != nil {
+	f := &Frontend{opts: o, dead: make(chan struct{}), watchFD: -1}
+	if err := f.dial(path); err != nil {
+		f.Close()
 		return nil, err
 	}
 	return f, nil
+}
+
+func (f *Frontend) dial(path string) error {
+	var err error
+	if f.Mem, err = NewMemory(f.opts.Mem); err != nil {
+		return err
+	}
+	if f.conn, err = dialUnix(path, time.Now().Add(f.opts.DialTimeout)); err != nil {
+		return err
+	}
+	if err = f.negotiate(); err != nil {
+		return err
+	}
+	if err = f.start(); err != nil {
+		return err
+	}
+	return f.startWatch()
 }
 
 // negotiate runs vhost_user_backend_init and vhost_dev_init's messages.
