@@ -116,6 +116,16 @@ type Request struct {
 	Arg   []byte  // op-specific bytes after the in header (copy)
 	Data  Scatter // WRITE payload, still in guest RAM (nil for other opcodes)
 	Queue int     // index of the virtqueue the request came from
+	// Head is the descriptor head of the request's chain. Together with
+	// Queue it names the request's slot in the request journal
+	// (engine/journal): the dataplane sets it for every request, and a head
+	// is owned by its request until the reply is pushed.
+	Head uint16
+	// Resumed marks a resubmission after a worker restart: the request was
+	// in flight (popped, not answered) when the previous worker died, so its
+	// effects may have happened. The filesystem consults the journal slot
+	// (Queue, Head) and replays or resolves instead of executing twice.
+	Resumed bool
 
 	argBuf  []byte
 	dataBuf Scatter
@@ -157,7 +167,7 @@ func (r *Request) Decode(in Scatter) error {
 // Clone returns a copy of r that owns its Arg, for handing a Blocking request
 // to another goroutine. Data still aliases guest RAM.
 func (r *Request) Clone() *Request {
-	c := &Request{InHeader: r.InHeader, Queue: r.Queue}
+	c := &Request{InHeader: r.InHeader, Queue: r.Queue, Head: r.Head, Resumed: r.Resumed}
 	c.Arg = append([]byte(nil), r.Arg...)
 	c.Data = append(Scatter(nil), r.Data...)
 	return c
