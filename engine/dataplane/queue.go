@@ -9,6 +9,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"vfsd/engine/crashpoint"
 	"vfsd/engine/fuse"
 	"vfsd/engine/vhostuser"
 	"vfsd/vring"
@@ -63,6 +64,9 @@ type queue struct {
 	pendingOld int    // blocking requests of older epochs in flight
 	memWait    chan error
 	memErr     error
+	resubmit   []uint16 // heads in flight when the previous backend died, in pop order
+	resumed    bool     // the queue resumed from an inflight region: notify once after resubmitting
+	popping    bool     // inside Pop: inflight stores there are not publish stores
 }
 
 func newQueue(d *Dataplane, i int, c vhostuser.QueueConfig) (q *queue, err error) {
@@ -76,14 +80,21 @@ func newQueue(d *Dataplane, i int, c vhostuser.QueueConfig) (q *queue, err error
 		return nil, fmt.Errorf("dataplane: queue %d: used ring at %#x: %w", i, c.Used, err)
 	}
 	usedIdx := binary.LittleEndian.Uint16(b)
-	if usedIdx != c.LastAvail {
+	lastAvail := c.LastAvail
+	switch {
+	case c.Resume:
+		// ResumeInflight below finds the position; the vring base the
+		// frontend gave at ring start is stale.
+	case c.BaseFromUsed:
+		lastAvail = usedIdx
+	case usedIdx != c.LastAvail:
 		d.log.Warn("used index differs from the vring base: requests in flight at the previous stop are lost",
 			"queue", i, "used_idx", usedIdx, "base", c.LastAvail)
 	}
 	vq, err := vring.New(c.Mem, vring.Config{
 		Size: c.Size, Desc: c.Desc, Avail: c.Avail, Used: c.Used,
 		EventIdx: c.EventIdx, MaxChain: d.o.MaxChain,
-	}, c.LastAvail, usedIdx)
+	}, lastAvail, usedIdx)
 	if err != nil {
 		return nil, fmt.Errorf("dataplane: queue %d: %w", i, err)
 	}
@@ -113,7 +124,45 @@ func newQueue(d *Dataplane, i int, c vhostuser.QueueConfig) (q *queue, err error
 		}
 	}
 	q.req.Queue = i
+	if c.Inflight != nil {
+		if err = q.track(c); err != nil {
+			return nil, err
+		}
+	}
 	return q, nil
+}
+
+// track attaches the inflight tracker: resuming from what a previous backend
+// left (the heads to resubmit are kept for the queue thread), or afresh.
+// Runs before the queue thread starts.
+func (q *queue) track(c vhostuser.QueueConfig) error {
+	if c.Resume {
+		heads, err := q.vq.ResumeInflight(c.Inflight)
+		if err != nil {
+			return fmt.Errorf("dataplane: queue %d: resume from the inflight region: %w", q.idx, err)
+		}
+		q.resubmit, q.resumed = heads, true
+		q.d.log.Info("queue resumed from the inflight region", "queue", q.idx,
+			"resubmit", len(heads), "last_avail", q.vq.LastAvail(), "used_idx", q.vq.UsedIdx())
+	} else if err := q.vq.SetInflight(c.Inflight); err != nil {
+		return fmt.Errorf("dataplane: queue %d: inflight tracking: %w", q.idx, err)
+	}
+	if crashpoint.Enabled() {
+		c.Inflight.SetCrashHook(q.crashHook)
+	}
+	if c.Tracked != nil {
+		c.Tracked()
+	}
+	return nil
+}
+
+// crashHook runs after every store to the inflight region (and every
+// used-ring store vring reports) when crash points are configured: the
+// stores of pushing and publishing are the mid-publish point.
+func (q *queue) crashHook() {
+	if !q.popping {
+		crashpoint.Hit(crashpoint.MidPublish)
+	}
 }
 
 // release closes the queue's own fds. Called after the thread exited (or
@@ -144,6 +193,9 @@ func (q *queue) run() {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	defer close(q.exited)
+	if q.resumed {
+		q.resume()
+	}
 	work := true // serve whatever is already available
 	for {
 		if q.control() {
@@ -186,6 +238,37 @@ func (q *queue) run() {
 	}
 	q.publish()
 	q.lastAvail = q.vq.LastAvail()
+}
+
+// resume serves again, in the order they were first popped, the chains the
+// previous backend had popped and not answered, before anything new is
+// popped; then it publishes and notifies the driver once, whatever Publish
+// says: the previous backend may have died between publishing and notifying.
+func (q *queue) resume() {
+	for _, h := range q.resubmit {
+		crashpoint.Hit(crashpoint.MidResume)
+		if q.broken {
+			break
+		}
+		if err := q.vq.Walk(h, &q.chain); err != nil {
+			if errors.Is(err, vring.ErrBadChain) {
+				q.d.log.Debug("malformed descriptor chain on resubmission", "queue", q.idx, "head", h, "err", err)
+				q.push(h, 0)
+				continue
+			}
+			q.fail(err)
+			break
+		}
+		q.serve(true)
+	}
+	q.resubmit = nil
+	q.publish()
+	crashpoint.Hit(crashpoint.BeforeNotify)
+	q.notifyMu.Lock()
+	if q.call >= 0 {
+		signal(q.call)
+	}
+	q.notifyMu.Unlock()
 }
 
 func (q *queue) wait(timeout int) (int, error) {
@@ -282,7 +365,11 @@ func (q *queue) publish() {
 		return
 	}
 	q.pushed = 0
-	if q.vq.Publish() {
+	crashpoint.Hit(crashpoint.MidPublish)
+	kick := q.vq.Publish()
+	crashpoint.Hit(crashpoint.AfterPublish)
+	if kick {
+		crashpoint.Hit(crashpoint.BeforeNotify)
 		q.notifyMu.Lock()
 		if q.call >= 0 {
 			signal(q.call)
@@ -313,7 +400,9 @@ func (q *queue) drain() bool {
 	for {
 		q.vq.DisableNotify()
 		for budget > 0 {
+			q.popping = true
 			ok, err := q.vq.Pop(&q.chain)
+			q.popping = false
 			if err != nil {
 				if errors.Is(err, vring.ErrBadChain) {
 					q.d.log.Debug("malformed descriptor chain", "queue", q.idx, "head", q.chain.Head, "err", err)
@@ -328,7 +417,8 @@ func (q *queue) drain() bool {
 				break
 			}
 			budget--
-			q.serve()
+			crashpoint.Hit(crashpoint.AfterPop)
+			q.serve(false)
 		}
 		q.publish()
 		if budget == 0 {
@@ -340,9 +430,10 @@ func (q *queue) drain() bool {
 	}
 }
 
-// serve answers the chain just popped.
-func (q *queue) serve() {
+// serve answers the chain just popped (resumed: re-read after a restart).
+func (q *queue) serve(resumed bool) {
 	c, req, rep := &q.chain, &q.req, &q.rep
+	req.Head, req.Resumed = c.Head, resumed
 	if err := req.Decode(c.Readable); err != nil {
 		if err == fuse.ErrShortHeader {
 			q.push(c.Head, 0)
@@ -354,6 +445,7 @@ func (q *queue) serve() {
 		return
 	}
 	req.Queue = q.idx
+	crashpoint.Hit(crashpoint.AfterDecode)
 	if fuse.Blocking(req.Opcode) {
 		q.submit()
 		return

@@ -1,6 +1,9 @@
 package vhostuser
 
-import "vfsd/vring/mem"
+import (
+	"vfsd/vring/inflight"
+	"vfsd/vring/mem"
+)
 
 // QueueConfig is everything a Backend needs to run one virtqueue.
 type QueueConfig struct {
@@ -14,6 +17,25 @@ type QueueConfig struct {
 	// frontend asked for polling (VHOST_USER_VRING_NOFD_MASK); Call -1 means
 	// the driver is never notified; Err -1 means errors are only logged.
 	Kick, Call, Err int
+
+	// Inflight, when not nil, is the ring's inflight tracker (vring/inflight):
+	// the Backend attaches it before popping anything.
+	Inflight *inflight.Queue
+	// Resume: the ring's position lives in Inflight, left by a previous
+	// backend (worker restart, or SET_INFLIGHT_FD from a reconnecting
+	// frontend). The Backend resumes from it (vring.Queue.ResumeInflight),
+	// ignoring LastAvail, resubmits the chains still in flight before
+	// popping new ones, and notifies the driver once. Without Resume a
+	// non-nil Inflight is started afresh (vring.Queue.SetInflight).
+	Resume bool
+	// BaseFromUsed: take the start position from used.idx in guest RAM
+	// instead of LastAvail. Set after a restart for a ring that the previous
+	// backend had stopped cleanly (nothing in flight, so used.idx is where it
+	// stopped) while the replayed vring base is the frontend's older one.
+	BaseFromUsed bool
+	// Tracked, if set, is called once tracking is attached to Inflight and
+	// before the first chain is popped (from StartQueue's goroutine).
+	Tracked func()
 }
 
 // Backend runs virtqueues; engine/dataplane implements it. The Device calls

@@ -10,6 +10,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"vfsd/engine/crashpoint"
+	"vfsd/vring/inflight"
 	"vfsd/vring/mem"
 )
 
@@ -18,7 +20,8 @@ import (
 const offeredFeatures = FeatureVersion1 | FeatureRingIndirectDesc | FeatureRingEventIdx | FeatureProtocolFeatures
 
 // Protocol features offered in GET_PROTOCOL_FEATURES.
-const offeredProtocol = ProtocolMQ | ProtocolReplyAck | ProtocolConfigureMemSlots | ProtocolResetDevice
+const offeredProtocol = ProtocolMQ | ProtocolReplyAck | ProtocolConfigureMemSlots | ProtocolResetDevice |
+	ProtocolInflightShmFD
 
 // Options configures a Device.
 type Options struct {
@@ -30,7 +33,43 @@ type Options struct {
 	// the queues are stopped: the place to cancel requests that could
 	// otherwise block a queue's stop forever (a SETLKW wait).
 	Disconnect func()
+
+	// Inflight, if set, is the device's own inflight region: ring i is
+	// tracked in Inflight.Queue(i) (rings beyond its NumQueues are not
+	// tracked). It is borrowed: the caller keeps it mapped until Serve
+	// returns. GET_INFLIGHT_FD and SET_INFLIGHT_FD replace it with a region
+	// the frontend keeps.
+	Inflight *inflight.Region
+	// Rings, if set, persists per ring whether its position lives in the
+	// inflight region (see RingState); a worker keeps it in a memfd.
+	Rings RingState
+	// Resume: this Device takes over from a backend process that died or
+	// was upgraded. At its first start here, ring i resumes from the
+	// inflight region if Rings says it was tracked, and starts at used.idx
+	// in guest RAM otherwise (the vring base the supervisor replays is the
+	// frontend's, older than the ring's real position). Without Rings every
+	// ring resumes from the region.
+	Resume bool
 }
+
+// RingState records, for a successor process, which rings have their
+// position in the inflight region: set when a ring starts being tracked
+// (before anything is popped), cleared when it stops with nothing in flight
+// (from then on used.idx in guest RAM is its position). Called from the
+// Device's goroutine and, for SetTracked(i, true), from StartQueue.
+type RingState interface {
+	Tracked(i int) bool
+	SetTracked(i int, on bool)
+}
+
+// resumeMode says how a ring's next start finds its position.
+type resumeMode uint8
+
+const (
+	resumeNone     resumeMode = iota // the vring base (SET_VRING_BASE, or the last stop)
+	resumeInflight                   // the inflight region (vring.Queue.ResumeInflight)
+	resumeUsed                       // used.idx in guest RAM (stopped cleanly by the previous backend)
+)
 
 // vringState is what the Device knows about one virtqueue.
 type vringState struct {
@@ -44,6 +83,7 @@ type vringState struct {
 	started bool // SET_VRING_KICK received, no GET_VRING_BASE since
 	enabled bool // SET_VRING_ENABLE 1
 	running bool // the Backend runs it
+	resume  resumeMode
 }
 
 // Device is the backend state of one vhost-user connection. It is driven by
@@ -58,6 +98,10 @@ type Device struct {
 	vrings   []vringState
 	reqFD    int // SET_BACKEND_REQ_FD channel, kept for later use; -1: none
 	closed   bool
+
+	infl     *inflight.Region // tracking region; nil: rings are not tracked
+	inflOwn  bool             // infl came from GET/SET_INFLIGHT_FD: Close unmaps it
+	replyFDs []int            // fds to send with the reply HandleMessage returned (owned)
 }
 
 // NewDevice returns a Device for 1 + o.RequestQueues virtqueues.
@@ -77,9 +121,15 @@ func NewDevice(o Options) (*Device, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	d := &Device{o: o, log: o.Logger, reqFD: -1, vrings: make([]vringState, 1+o.RequestQueues)}
+	d := &Device{o: o, log: o.Logger, reqFD: -1, vrings: make([]vringState, 1+o.RequestQueues), infl: o.Inflight}
 	for i := range d.vrings {
 		d.vrings[i] = vringState{kick: -1, call: -1, err: -1}
+		if o.Resume {
+			d.vrings[i].resume = resumeInflight
+			if o.Rings != nil && !o.Rings.Tracked(i) {
+				d.vrings[i].resume = resumeUsed
+			}
+		}
 	}
 	return d, nil
 }
@@ -103,6 +153,7 @@ func (d *Device) Serve(c *Conn) error {
 			d.log.Error("vhost-user connection closed", "err", err)
 			return err
 		}
+		crashpoint.Hit(crashpoint.MidVhostMessage)
 		reply, err := d.HandleMessage(&m)
 		if err != nil {
 			d.log.Error("vhost-user connection closed", "request", RequestName(m.Request), "err", err)
@@ -110,7 +161,10 @@ func (d *Device) Serve(c *Conn) error {
 		}
 		if reply != nil {
 			h := Header{Request: m.Request, Flags: Version | FlagReply}
-			if err := c.Write(h, reply, nil); err != nil {
+			err := c.Write(h, reply, d.replyFDs)
+			closeFDs(d.replyFDs)
+			d.replyFDs = d.replyFDs[:0]
+			if err != nil {
 				d.log.Error("vhost-user reply failed", "request", RequestName(m.Request), "err", err)
 				return err
 			}
@@ -154,6 +208,8 @@ func init() {
 	h(ReqSetProtocolFeatures, sizeU64, 0, false, (*Device).setProtocolFeatures)
 	h(ReqGetQueueNum, 0, 0, true, (*Device).getQueueNum)
 	h(ReqSetBackendReqFD, 0, 1, false, (*Device).setBackendReqFD)
+	h(ReqGetInflightFD, -1, 0, true, (*Device).getInflightFD)
+	h(ReqSetInflightFD, -1, 1, false, (*Device).setInflightFD)
 }
 
 // HandleMessage handles one message and takes ownership of its fds. It
@@ -162,8 +218,12 @@ func init() {
 // could be given (no REPLY_ACK requested, or the request has a reply of its
 // own). Failures of well-formed requests are answered through REPLY_ACK when
 // requested, and logged otherwise.
+//
+// A reply may carry fds (GET_INFLIGHT_FD): ReplyFDs returns them.
 func (d *Device) HandleMessage(m *Message) (reply []byte, err error) {
 	defer closeFDs(m.FDs) // handlers take the fds they keep (setting them to -1)
+	closeFDs(d.replyFDs)  // not taken by the caller of the previous message
+	d.replyFDs = d.replyFDs[:0]
 	defer func() {
 		// A bug here must end this connection, not the process.
 		if p := recover(); p != nil {
@@ -210,6 +270,11 @@ func (d *Device) HandleMessage(m *Message) (reply []byte, err error) {
 	return nil, err
 }
 
+// ReplyFDs returns the fds to send with the reply the last HandleMessage
+// returned. They stay owned by the Device, which closes them at the next
+// HandleMessage or Close: send them before that.
+func (d *Device) ReplyFDs() []int { return d.replyFDs }
+
 func closeFDs(fds []int) {
 	for i, fd := range fds {
 		if fd >= 0 {
@@ -254,6 +319,8 @@ func (d *Device) Close() {
 	d.unmap(d.regions)
 	d.regions, d.table = nil, nil
 	closeFD(&d.reqFD)
+	closeFDs(d.replyFDs)
+	d.setRegion(nil, false)
 	d.closed = true
 }
 
@@ -299,11 +366,25 @@ func (d *Device) reconcile(i int) error {
 	if c.Used, err = d.table.UserToGuest(v.addr.Used); err != nil {
 		return fmt.Errorf("queue %d: used ring at %#x: %w", i, v.addr.Used, err)
 	}
+	if d.infl != nil && i < d.infl.NumQueues() {
+		c.Inflight = d.infl.Queue(i)
+		c.Resume = v.resume == resumeInflight
+		c.BaseFromUsed = v.resume == resumeUsed
+		if rs := d.o.Rings; rs != nil {
+			c.Tracked = func() { rs.SetTracked(i, true) }
+		}
+	} else if v.resume != resumeNone {
+		// Resuming without a region to resume from (rings beyond the
+		// region's queues): the driver's used.idx is the best position.
+		c.BaseFromUsed = true
+	}
 	if err := d.o.Backend.StartQueue(i, c); err != nil {
 		return fmt.Errorf("start queue %d: %w", i, err)
 	}
 	v.running = true
-	d.log.Debug("queue started", "queue", i, "size", c.Size, "base", c.LastAvail)
+	d.log.Debug("queue started", "queue", i, "size", c.Size, "base", c.LastAvail,
+		"tracked", c.Inflight != nil, "resume", c.Resume, "base_from_used", c.BaseFromUsed)
+	v.resume = resumeNone
 	return nil
 }
 
@@ -312,6 +393,8 @@ func (d *Device) stop(i int) error {
 	last, err := d.o.Backend.StopQueue(i)
 	v.running = false
 	v.base = last
+	// Everything popped was answered: the position is used.idx again.
+	d.untrack(i)
 	d.log.Debug("queue stopped", "queue", i, "last_avail", last)
 	if err != nil {
 		return fmt.Errorf("stop queue %d: %w", i, err)
@@ -368,6 +451,8 @@ func (d *Device) resetOwner(*Message) ([]byte, error) {
 			}
 		}
 		v.started, v.enabled = false, false
+		v.resume = resumeNone
+		d.untrack(i)
 		closeFD(&v.kick)
 	}
 	return nil, first
@@ -388,6 +473,7 @@ func (d *Device) resetDevice(*Message) ([]byte, error) {
 		closeFD(&v.call)
 		closeFD(&v.err)
 		*v = vringState{kick: -1, call: -1, err: -1}
+		d.untrack(i)
 	}
 	d.features = 0
 	return nil, first
@@ -674,5 +760,122 @@ func (d *Device) setVringEnable(m *Message) ([]byte, error) {
 func (d *Device) setBackendReqFD(m *Message) ([]byte, error) {
 	closeFD(&d.reqFD)
 	d.reqFD = take(m, 0)
+	return nil, nil
+}
+
+// untrack records that ring i's position is no longer in the inflight region.
+func (d *Device) untrack(i int) {
+	if d.o.Rings != nil {
+		d.o.Rings.SetTracked(i, false)
+	}
+}
+
+// setRegion makes r the tracking region (own: unmap it when replaced),
+// releasing the previous one if the Device owned it. No ring may be running.
+func (d *Device) setRegion(r *inflight.Region, own bool) {
+	if d.infl != nil && d.inflOwn {
+		if err := d.infl.Close(); err != nil {
+			d.log.Warn("release inflight region", "err", err)
+		}
+	}
+	d.infl, d.inflOwn = r, own
+}
+
+// Payload of GET_INFLIGHT_FD / SET_INFLIGHT_FD (VhostUserInflight): u64
+// mmap_size, u64 mmap_offset, u16 num_queues, u16 queue_size, and 4 bytes
+// of padding in QEMU's layout (QEMU sends and expects 24 bytes; 20 are
+// accepted).
+const (
+	sizeInflightMin = 20
+	sizeInflight    = 24
+)
+
+type inflightMsg struct {
+	size, offset     uint64
+	queues, queueLen int
+}
+
+func (d *Device) parseInflight(m *Message) (inflightMsg, error) {
+	if len(m.Payload) != sizeInflightMin && len(m.Payload) != sizeInflight {
+		return inflightMsg{}, fmt.Errorf("%w: %s: payload of %d bytes, want %d", ErrMalformed,
+			RequestName(m.Request), len(m.Payload), sizeInflight)
+	}
+	p := m.Payload
+	im := inflightMsg{
+		size:     binary.LittleEndian.Uint64(p[0:]),
+		offset:   binary.LittleEndian.Uint64(p[8:]),
+		queues:   int(binary.LittleEndian.Uint16(p[16:])),
+		queueLen: int(binary.LittleEndian.Uint16(p[18:])),
+	}
+	if im.queues < 1 || im.queues > len(d.vrings) {
+		return im, fmt.Errorf("%s: %d queues, device has %d", RequestName(m.Request), im.queues, len(d.vrings))
+	}
+	if inflight.Size(im.queues, im.queueLen) == 0 {
+		return im, fmt.Errorf("%s: queue size %d is not a power of two in 1..%d", RequestName(m.Request), im.queueLen, MaxQueueSize)
+	}
+	for i := range d.vrings {
+		if d.vrings[i].running {
+			return im, fmt.Errorf("%s: queue %d is running", RequestName(m.Request), i)
+		}
+	}
+	return im, nil
+}
+
+// getInflightFD creates a region for the frontend to keep (it hands it back
+// with SET_INFLIGHT_FD after reconnecting) and tracks the rings in it.
+func (d *Device) getInflightFD(m *Message) ([]byte, error) {
+	im, err := d.parseInflight(m)
+	if err != nil {
+		return nil, err
+	}
+	r, err := inflight.Create(im.queues, im.queueLen)
+	if err != nil {
+		return nil, fmt.Errorf("GET_INFLIGHT_FD: %w", err)
+	}
+	fd, err := unix.FcntlInt(uintptr(r.FD()), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		r.Close()
+		return nil, fmt.Errorf("GET_INFLIGHT_FD: dup: %w", err)
+	}
+	d.setRegion(r, true)
+	d.replyFDs = append(d.replyFDs[:0], fd)
+	out := make([]byte, sizeInflight)
+	binary.LittleEndian.PutUint64(out[0:], uint64(inflight.Size(im.queues, im.queueLen)))
+	binary.LittleEndian.PutUint64(out[8:], 0)
+	binary.LittleEndian.PutUint16(out[16:], uint16(im.queues))
+	binary.LittleEndian.PutUint16(out[18:], uint16(im.queueLen))
+	d.log.Debug("inflight region created", "queues", im.queues, "queue_size", im.queueLen)
+	return out, nil
+}
+
+// setInflightFD maps a region the frontend kept across a reconnect: rings
+// started from now on resume from it (a region never started says so, and
+// the ring then starts afresh).
+func (d *Device) setInflightFD(m *Message) ([]byte, error) {
+	im, err := d.parseInflight(m)
+	if err != nil {
+		return nil, err
+	}
+	need := uint64(inflight.Size(im.queues, im.queueLen))
+	if im.size < need {
+		return nil, fmt.Errorf("SET_INFLIGHT_FD: mmap_size %d, %d queues of %d need %d", im.size, im.queues, im.queueLen, need)
+	}
+	if im.offset > 1<<62 {
+		return nil, fmt.Errorf("SET_INFLIGHT_FD: mmap_offset %#x", im.offset)
+	}
+	r, err := inflight.MapAt(m.FDs[0], int64(im.offset), im.queues, im.queueLen)
+	if err != nil {
+		return nil, fmt.Errorf("SET_INFLIGHT_FD: %w", err)
+	}
+	d.setRegion(r, true)
+	// A supervisor's replay hands back the region the frontend got from
+	// GET_INFLIGHT_FD; the persisted ring state then already says which
+	// rings resume. Otherwise this is a reconnect: every ring resumes.
+	if !(d.o.Resume && d.o.Rings != nil) {
+		for i := range d.vrings {
+			d.vrings[i].resume = resumeInflight
+		}
+	}
+	d.log.Info("inflight region installed", "queues", im.queues, "queue_size", im.queueLen)
 	return nil, nil
 }

@@ -54,12 +54,12 @@ func TestOffers(t *testing.T) {
 		t.Fatal("packed rings offered")
 	}
 	p := f.getU64(ReqGetProtocolFeatures)
-	for _, b := range []uint64{ProtocolMQ, ProtocolReplyAck, ProtocolConfigureMemSlots} {
+	for _, b := range []uint64{ProtocolMQ, ProtocolReplyAck, ProtocolConfigureMemSlots, ProtocolInflightShmFD} {
 		if p&b == 0 {
 			t.Fatalf("protocol features %#x lack %#x", p, b)
 		}
 	}
-	if p&(ProtocolLogShmFD|ProtocolInflightShmFD) != 0 {
+	if p&ProtocolLogShmFD != 0 {
 		t.Fatalf("protocol features %#x offer unimplemented ones", p)
 	}
 	if n := f.getU64(ReqGetMaxMemSlots); n != DefaultMemSlots {
