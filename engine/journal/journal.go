@@ -93,7 +93,7 @@ type Entry struct {
 	ProgressValid bool
 	Progress      uint32
 
-	Errno int32 // Done: the reply's errno (positive), 0 for success
+	Errno int32  // Done: the reply's errno (positive), 0 for success
 	Reply []byte // Done: the reply payload (aliases the Entry's buffer)
 	buf   [ReplyMax]byte
 }

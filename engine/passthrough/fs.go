@@ -1,6 +1,7 @@
 package passthrough
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"sync"
@@ -9,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"vfsd/engine/fuse"
+	"vfsd/engine/journal"
 	"vfsd/maptable"
 )
 
@@ -27,8 +29,25 @@ type Options struct {
 	MaxInodes     int // inode map slots (default 1<<20)
 	MaxHandles    int // handle map slots (default 1<<16)
 	// Session, when set, is a session negotiated by an earlier worker: the FS
-	// starts initialized with it (the guest does not send INIT again).
+	// starts initialized with it (the guest does not send INIT again). On
+	// resume the session persisted in the journal is used instead.
 	Session *fuse.Session
+
+	// Queues is the number of virtqueues (hiprio + request queues) whose
+	// requests the journal covers and whose lookup counters inode records
+	// hold (default 2, at most journal.MaxQueues). QueueSize is the number
+	// of descriptor heads per queue (default 1024). A request from outside
+	// that geometry is served without exactly-once guarantees.
+	Queues, QueueSize int
+	// FDStore keeps the state memfds and the fds that must survive a
+	// restart (see state.go); nil in plain virtiofsd mode.
+	FDStore FDStore
+	// Resume, when non-nil, starts from the state a previous worker left:
+	// the fds the store handed back, by name. New maps the state memfds
+	// (InodesFDName, HandlesFDName, journal.FDName) and restores the
+	// session; inodes and handles are loaded on first use. The FS owns
+	// every fd in the map (those never used are closed by Close).
+	Resume map[string]int
 }
 
 // Timeouts and open flags per cache mode.
@@ -54,8 +73,7 @@ const (
 	congestion    = 48
 	minMinor      = 12 // oldest minor whose struct sizes we emit
 
-	inodeRecSize  = 168 // see inode.go
-	handleRecSize = 16
+	handleRecSize = 16 // see inode.go
 )
 
 // offered are the INIT flags a passthrough can honour; FlagWritebackCache is
@@ -83,6 +101,18 @@ type FS struct {
 	root    *inode
 	inodes  *maptable.Table
 	handles *maptable.Table
+	journal *journal.Journal
+	nq      int // lookup counters per inode record (queues)
+	irec    int // inode record size
+	store   FDStore
+	// lazy: resumed from a previous worker's state; records may exist
+	// that have no in-memory inode or handle yet.
+	lazy      bool
+	storeErrs atomic.Uint64
+
+	rmu sync.Mutex
+	// +checklocks:rmu
+	resumeFDs map[string]int
 
 	imu sync.RWMutex
 	// +checklocks:imu
@@ -136,8 +166,15 @@ func New(o Options) (*FS, error) {
 	if o.MaxHandles <= 0 {
 		o.MaxHandles = 1 << 16
 	}
+	if o.Queues <= 0 {
+		o.Queues = 2
+	}
+	if o.QueueSize <= 0 {
+		o.QueueSize = 1024
+	}
 	fs := &FS{opts: o, policy: pol, procfd: -1, byKey: make(map[maptable.Key]*inode),
-		euid: uint32(unix.Geteuid()), egid: uint32(unix.Getegid())}
+		euid: uint32(unix.Geteuid()), egid: uint32(unix.Getegid()), store: o.FDStore,
+		nq: o.Queues, irec: recCnt + 8*o.Queues}
 	fs.bufs.New = func() any {
 		return &scratch{buf: make([]byte, scratchBuf), iov: make([]unix.Iovec, 0, 64)}
 	}
@@ -162,24 +199,38 @@ func New(o Options) (*FS, error) {
 		unix.Close(rootfd)
 		return fail("statx root", err)
 	}
-	if fs.inodes, err = maptable.Create("vfsd-inodes", o.MaxInodes, inodeRecSize); err != nil {
-		unix.Close(rootfd)
-		return fail("inode map", err)
-	}
-	if fs.handles, err = maptable.Create("vfsd-handles", o.MaxHandles, handleRecSize); err != nil {
-		unix.Close(rootfd)
-		return fail("handle map", err)
-	}
 	fs.root = &inode{key: keyOf(&st), typ: unix.S_IFDIR}
 	fs.root.fd = rootfd
-	var rec [inodeRecSize]byte
-	fs.encodeInodeRec(rec[:], fs.root)
-	if fs.root.tid, err = fs.inodes.Insert(fs.root.key, rec[:]); err != nil {
+	if err := fs.openState(&o); err != nil {
+		return fail("state", err)
+	}
+	if fs.lazy {
+		// The root record must be the one this shared directory had.
+		id, ok := fs.inodes.Lookup(fs.root.key)
+		if !ok {
+			return fail("resume", fmt.Errorf("shared directory %s is not the one the state describes", o.Root))
+		}
+		fs.root.tid = id
+		if b, ok := fs.journal.Session(); ok {
+			s, ok := decodeSession(b)
+			if !ok {
+				return fail("resume", errors.New("corrupt session record"))
+			}
+			fs.setSession(s)
+		}
+		return fs, nil
+	}
+	rec := make([]byte, fs.irec)
+	fs.encodeInodeRec(rec, fs.root)
+	if fs.root.tid, err = fs.inodes.Insert(fs.root.key, rec); err != nil {
 		return fail("root record", err)
 	}
 	fs.byKey[fs.root.key] = fs.root
 	if o.Session != nil && o.Session.Initialized {
 		fs.setSession(*o.Session)
+	}
+	if err := fs.storeState(); err != nil {
+		return fail("fd store", err)
 	}
 	return fs, nil
 }
@@ -195,6 +246,11 @@ func (fs *FS) Session() fuse.Session {
 func (fs *FS) setSession(s fuse.Session) {
 	fs.smu.Lock()
 	fs.sess = s
+	if fs.journal != nil {
+		var b [sessionRecSize]byte
+		encodeSession(b[:], &s)
+		fs.journal.SetSession(b[:])
+	}
 	fs.smu.Unlock()
 	fs.flags.Store(s.Flags)
 	fs.inited.Store(s.Initialized)
@@ -239,12 +295,22 @@ func (fs *FS) Close() error {
 		errs = append(errs, fs.handles.Close())
 		fs.handles = nil
 	}
+	if fs.journal != nil {
+		errs = append(errs, fs.journal.Close())
+		fs.journal = nil
+	}
+	fs.rmu.Lock()
+	for name, fd := range fs.resumeFDs {
+		unix.Close(fd)
+		delete(fs.resumeFDs, name)
+	}
+	fs.rmu.Unlock()
 	return errors.Join(errs...)
 }
 
 // opFunc handles one opcode; arg is the request's bytes after the in header
 // (extensions stripped), at least the op's minimum length.
-type opFunc func(fs *FS, req *fuse.Request, rep *fuse.Reply, arg []byte)
+type opFunc func(fs *FS, x txn, req *fuse.Request, rep *fuse.Reply, arg []byte)
 
 type opEntry struct {
 	fn  opFunc
@@ -340,7 +406,11 @@ func (fs *FS) Handle(req *fuse.Request, rep *fuse.Reply) {
 		fs.fail(rep, op, unix.EINVAL)
 		return
 	}
-	e.fn(fs, req, rep, arg)
+	var x txn
+	if fs.prepare(&x, req, rep) {
+		return // replayed
+	}
+	e.fn(fs, x, req, rep, arg)
 	if !rep.Done() {
 		rep.Error(unix.EIO)
 	}
@@ -370,24 +440,27 @@ func errno(err error) unix.Errno {
 	return unix.EIO
 }
 
-func (fs *FS) opInit(req *fuse.Request, rep *fuse.Reply, arg []byte) {
+func (fs *FS) opInit(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {
 	var in fuse.InitIn
 	if !fuse.ParsePrefix(arg, &in, fuse.InitInCompatSize) {
 		rep.Error(unix.EINVAL)
 		return
 	}
-	if fs.inited.Load() {
-		rep.Error(unix.EPROTO)
+	var pre [journal.PreWords]uint64
+	x.begin(&pre)
+	if fs.inited.Load() && x.res == nil {
+		// (A resubmitted INIT whose session was persisted answers again.)
+		x.fail(rep, unix.EPROTO)
 		return
 	}
 	out := fuse.InitOut{Major: fuse.KernelVersion, Minor: fuse.KernelMinorVersion}
 	if in.Major > fuse.KernelVersion {
 		// The guest retries with our major.
-		rep.Ok(fuse.Bytes(&out)[:fuse.InitOutCompat5])
+		x.ok(rep, fuse.Bytes(&out)[:fuse.InitOutCompat5], nil)
 		return
 	}
 	if in.Major < fuse.KernelVersion || in.Minor < minMinor {
-		rep.Error(unix.EPROTO)
+		x.fail(rep, unix.EPROTO)
 		return
 	}
 	out.Minor = min(in.Minor, fuse.KernelMinorVersion)
@@ -414,19 +487,31 @@ func (fs *FS) opInit(req *fuse.Request, rep *fuse.Reply, arg []byte) {
 	}
 	fs.setSession(fuse.Session{Major: out.Major, Minor: out.Minor, Flags: neg,
 		MaxReadahead: in.MaxReadahead, MaxWrite: maxWrite, MaxPages: maxPages, Initialized: true})
-	rep.Ok(fuse.Bytes(&out)[:size])
+	x.ok(rep, fuse.Bytes(&out)[:size], nil)
 }
 
 // opDestroy ends the session: pending lock waits end, every handle is closed
-// and every inode but the root forgotten. A new INIT may follow (remount).
-func (fs *FS) opDestroy(req *fuse.Request, rep *fuse.Reply, arg []byte) {
+// and every inode but the root forgotten (records not loaded since a
+// restart included, and their fds in the store). A new INIT may follow
+// (remount). Idempotent: a resubmitted DESTROY does it again.
+func (fs *FS) opDestroy(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {
 	fs.locks.cancelAll()
 	fs.hmu.Lock()
 	for i, h := range fs.hslots {
 		if h != nil {
 			fs.hslots[i] = nil
-			fs.handles.Delete(maptable.ID(h.id))
 			h.kill()
+		}
+	}
+	var ids []maptable.ID
+	fs.handles.Range(func(id maptable.ID, _ maptable.Key, _ []byte) bool {
+		ids = append(ids, id)
+		return true
+	})
+	for _, id := range ids {
+		fs.handles.Delete(id)
+		if fs.store != nil {
+			fs.store.Remove(fhName(uint64(id)))
 		}
 	}
 	fs.hmu.Unlock()
@@ -434,9 +519,24 @@ func (fs *FS) opDestroy(req *fuse.Request, rep *fuse.Reply, arg []byte) {
 	for i, in := range fs.islots {
 		if in != nil {
 			fs.islots[i] = nil
-			delete(fs.byKey, in.key)
-			fs.inodes.Delete(in.tid)
 			in.kill()
+		}
+	}
+	clear(fs.byKey)
+	fs.byKey[fs.root.key] = fs.root
+	ids = ids[:0]
+	var kept []bool
+	fs.inodes.Range(func(id maptable.ID, _ maptable.Key, val []byte) bool {
+		if id != fs.root.tid {
+			ids = append(ids, id)
+			kept = append(kept, binary.LittleEndian.Uint32(val[recFlags:])&recKept != 0)
+		}
+		return true
+	})
+	for i, id := range ids {
+		fs.inodes.Delete(id)
+		if kept[i] && fs.store != nil {
+			fs.store.Remove(inoName(uint64(id)))
 		}
 	}
 	fs.imu.Unlock()

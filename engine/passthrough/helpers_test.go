@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"vfsd/engine/fuse"
+	"vfsd/maptable"
 )
 
 func TestMain(m *testing.M) {
@@ -212,19 +213,22 @@ func (c *tfs) read(nodeid, fh, off uint64, size uint32) ([]byte, unix.Errno) {
 	return p, e
 }
 
-// nlookup reads the persisted reference count of nodeid from the inode map.
+// nlookup reads the persisted reference count of nodeid from the inode map
+// (the sum of the per-queue counters).
 func (c *tfs) nlookup(nodeid uint64) (uint64, bool) {
-	c.fs.imu.RLock()
-	defer c.fs.imu.RUnlock()
-	slot := uint32(nodeid)
-	if int(slot) >= len(c.fs.islots) || c.fs.islots[slot] == nil || uint64(c.fs.islots[slot].tid) != nodeid {
+	return recNlookup(c.t, c.fs, nodeid)
+}
+
+func recNlookup(t testing.TB, fs *FS, nodeid uint64) (uint64, bool) {
+	rec := make([]byte, fs.irec)
+	if err := fs.inodes.Get(maptable.ID(nodeid), rec); err != nil {
 		return 0, false
 	}
-	var rec [inodeRecSize]byte
-	if err := c.fs.inodes.Get(c.fs.islots[slot].tid, rec[:]); err != nil {
-		c.t.Fatal(err)
+	var n int64
+	for i := range fs.nq {
+		n += int64(binary.LittleEndian.Uint64(rec[recCnt+8*i:]))
 	}
-	return binary.LittleEndian.Uint64(rec[:]), true
+	return uint64(n), true
 }
 
 func hostStat(t testing.TB, p string) unix.Stat_t {

@@ -2,6 +2,7 @@ package passthrough
 
 import (
 	"encoding/binary"
+	"errors"
 	"sync"
 	"sync/atomic"
 
@@ -41,7 +42,7 @@ func (r *fdRef) kill() {
 }
 
 func (r *fdRef) closeFd() {
-	if r.closed.CompareAndSwap(false, true) {
+	if r.closed.CompareAndSwap(false, true) && r.fd >= 0 {
 		unix.Close(r.fd)
 	}
 }
@@ -49,37 +50,76 @@ func (r *fdRef) closeFd() {
 // inode is a host inode the guest knows by a nodeid: an O_PATH|O_NOFOLLOW fd
 // plus its persistent record in fs.inodes (keyed by dev, ino, mount id).
 //
-// Inode record layout (inodeRecSize bytes, little-endian):
+// Inode record layout (fs.irec = recCnt + 8*queues bytes, little-endian):
 //
-//	0   nlookup   u64  references the guest holds (LOOKUP-like replies minus FORGETs)
-//	8   dev, ino, mnt  u64 x3 (also the key)
-//	32  fh type   i32  name_to_handle_at handle type
-//	36  fh len    u32  0 when no handle could be made
-//	40  fh bytes  [128]
+//	0    flags    u32  recKept: the O_PATH fd is in the fd store ("ino.<id>")
+//	4    type     u32  S_IFMT bits
+//	8    dev, ino, mnt  u64 x3 (also the key)
+//	32   fh type  i32  name_to_handle_at handle type
+//	36   fh len   u32  0 when no handle could be made
+//	40   fh bytes [128]
+//	168  nlookup  i64 x queues: references the guest holds, split per queue
+//	                   (each changed only by its queue's thread; the total
+//	                   is the sum; a hiprio FORGET makes queue 0's negative)
 type inode struct {
 	fdRef
 	tid     maptable.ID // record ID = the nodeid (root: nodeid 1)
 	key     maptable.Key
-	typ     uint32 // S_IFMT bits; a type never changes
-	nlookup uint64 // +checklocks:FS.imu
+	typ     uint32  // S_IFMT bits; a type never changes
+	cnt     []int64 // +checklocks:FS.imu; per-queue lookup counters (nil for the root)
+	total   int64   // +checklocks:FS.imu; sum of cnt
+	flags   uint32  // +checklocks:FS.imu
 	persist func(val []byte)
 }
 
-const maxHandleSize = 128
+const (
+	maxHandleSize = 128
 
-func (fs *FS) encodeInodeRec(b []byte, in *inode) {
+	recFlags  = 0
+	recType   = 4
+	recKey    = 8
+	recFhType = 32
+	recFhLen  = 36
+	recFh     = 40
+	recCnt    = 168
+
+	recKept = 1 // flag: O_PATH fd in the fd store
+)
+
+// newInode returns an inode for the record layout of fs (counters zero).
+func (fs *FS) newInode(k maptable.Key, typ uint32, fd int) *inode {
+	in := &inode{key: k, typ: typ, cnt: make([]int64, fs.nq)}
+	in.fd = fd
+	in.persist = func(val []byte) {
+		le := binary.LittleEndian
+		le.PutUint32(val[recFlags:], in.flags)
+		for i, c := range in.cnt {
+			le.PutUint64(val[recCnt+8*i:], uint64(c))
+		}
+	}
+	return in
+}
+
+// encodeInodeRec fills a new record for in; it reports whether a file
+// handle could be made (without one, a restarted worker needs the fd store).
+func (fs *FS) encodeInodeRec(b []byte, in *inode) bool {
 	le := binary.LittleEndian
-	le.PutUint64(b[0:], in.nlookup)
-	le.PutUint64(b[8:], in.key[0])
-	le.PutUint64(b[16:], in.key[1])
-	le.PutUint64(b[24:], in.key[2])
+	le.PutUint32(b[recFlags:], in.flags)
+	le.PutUint32(b[recType:], in.typ)
+	le.PutUint64(b[recKey:], in.key[0])
+	le.PutUint64(b[recKey+8:], in.key[1])
+	le.PutUint64(b[recKey+16:], in.key[2])
+	for i, c := range in.cnt {
+		le.PutUint64(b[recCnt+8*i:], uint64(c))
+	}
 	fh, _, err := unix.NameToHandleAt(in.fd, "", unix.AT_EMPTY_PATH)
 	if err != nil || fh.Size() > maxHandleSize {
-		return // best effort: recovery falls back to the fd store
+		return false
 	}
-	le.PutUint32(b[32:], uint32(fh.Type()))
-	le.PutUint32(b[36:], uint32(fh.Size()))
-	copy(b[40:40+maxHandleSize], fh.Bytes())
+	le.PutUint32(b[recFhType:], uint32(fh.Type()))
+	le.PutUint32(b[recFhLen:], uint32(fh.Size()))
+	copy(b[recFh:recFh+maxHandleSize], fh.Bytes())
+	return true
 }
 
 func statxFd(fd int, st *unix.Statx_t) error {
@@ -97,7 +137,8 @@ func keyOf(st *unix.Statx_t) maptable.Key {
 }
 
 // getInode pins the inode nodeid names. ESTALE for a nodeid that is not (or
-// no longer) live. The caller unpins.
+// no longer) live. The caller unpins. After a restart, an inode is loaded
+// from its record on first use.
 func (fs *FS) getInode(nodeid uint64) (*inode, unix.Errno) {
 	if nodeid == fuse.RootID {
 		fs.root.pins.Add(1)
@@ -113,7 +154,17 @@ func (fs *FS) getInode(nodeid uint64) (*inode, unix.Errno) {
 		}
 	}
 	fs.imu.RUnlock()
-	return nil, unix.ESTALE
+	if !fs.lazy || nodeid>>32 == 0 {
+		return nil, unix.ESTALE
+	}
+	fs.imu.Lock()
+	defer fs.imu.Unlock()
+	in, eno := fs.materializeLocked(maptable.ID(nodeid), -1)
+	if eno != 0 {
+		return nil, eno
+	}
+	in.pins.Add(1)
+	return in, 0
 }
 
 // getDir is getInode for a nodeid that must be a directory.
@@ -136,104 +187,182 @@ func (fs *FS) nodeidOf(in *inode) uint64 {
 	return uint64(in.tid)
 }
 
-// refLocked adds n guest references to in and persists the count.
-// Precondition: fs.imu held for writing.
-func (fs *FS) refLocked(in *inode, n uint64) {
-	if in == fs.root {
+// countLocked adds one guest reference of x's queue to in, unless the
+// crashed run of this resubmitted request already did (ref rule); the ref
+// record is written before the counter changes.
+// Precondition: fs.imu held for writing; in is live.
+func (fs *FS) countLocked(x *txn, in *inode) {
+	if in == fs.root || x.counted(in, in.key) {
 		return
 	}
-	in.nlookup += n
+	x.setRef(uint64(in.tid), in.cnt[x.q], in.key, 0)
+	in.cnt[x.q]++
+	in.total++
 	fs.inodes.Update(in.tid, in.persist)
+	crash(cpMaptable)
 }
 
 // ref adds one guest reference to a pinned inode. It fails with ESTALE when
 // the inode was forgotten meanwhile.
-func (fs *FS) ref(in *inode) unix.Errno {
+func (fs *FS) ref(x *txn, in *inode) unix.Errno {
 	fs.imu.Lock()
 	defer fs.imu.Unlock()
 	if in != fs.root && in.dead.Load() {
 		return unix.ESTALE
 	}
-	fs.refLocked(in, 1)
+	fs.countLocked(x, in)
 	return 0
+}
+
+// knownLocked returns the live inode with key k: in memory, or (after a
+// restart) loaded from its record, taking over fd (an O_PATH fd of the same
+// inode) when it is >= 0. nil when the FS has no inode with that key.
+// Precondition: fs.imu held for writing.
+func (fs *FS) knownLocked(k maptable.Key, fd int) (*inode, bool) {
+	if in := fs.byKey[k]; in != nil {
+		return in, false
+	}
+	if !fs.lazy {
+		return nil, false
+	}
+	id, ok := fs.inodes.Lookup(k)
+	if !ok {
+		return nil, false
+	}
+	in, eno := fs.materializeLocked(id, fd)
+	if eno != 0 {
+		return nil, false
+	}
+	return in, fd >= 0
 }
 
 // adopt takes ownership of fd (an O_PATH|O_NOFOLLOW fd whose statx is st),
 // counts one guest reference to its inode and returns the inode's nodeid.
 // An inode already known keeps its fd and fd is closed.
-func (fs *FS) adopt(fd int, st *unix.Statx_t) (uint64, unix.Errno) {
+func (fs *FS) adopt(x *txn, fd int, st *unix.Statx_t) (uint64, unix.Errno) {
 	k := keyOf(st)
 	fs.imu.Lock()
-	if in := fs.byKey[k]; in != nil {
-		fs.refLocked(in, 1)
+	if in, took := fs.knownLocked(k, fd); in != nil {
+		fs.countLocked(x, in)
 		id := fs.nodeidOf(in)
 		fs.imu.Unlock()
-		unix.Close(fd)
+		if !took {
+			unix.Close(fd)
+		}
 		return id, 0
 	}
 	fs.imu.Unlock()
 
-	in := &inode{key: k, typ: uint32(st.Mode) & unix.S_IFMT, nlookup: 1}
-	in.fd = fd
-	in.persist = func(val []byte) { binary.LittleEndian.PutUint64(val, in.nlookup) }
-	var rec [inodeRecSize]byte
-	fs.encodeInodeRec(rec[:], in) // name_to_handle_at outside the lock
+	in := fs.newInode(k, uint32(st.Mode)&unix.S_IFMT, fd)
+	in.cnt[x.q], in.total = 1, 1
+	rec := make([]byte, fs.irec)
+	hasHandle := fs.encodeInodeRec(rec, in) // name_to_handle_at outside the lock
 
 	fs.imu.Lock()
-	defer fs.imu.Unlock()
-	if old := fs.byKey[k]; old != nil { // raced with another lookup
-		fs.refLocked(old, 1)
+	if old, took := fs.knownLocked(k, -1); old != nil { // raced with another lookup
+		_ = took
+		fs.countLocked(x, old)
+		fs.imu.Unlock()
 		unix.Close(fd)
 		return fs.nodeidOf(old), 0
 	}
-	id, err := fs.inodes.Insert(k, rec[:])
+	x.setRef(0, 0, k, 0)
+	id, err := fs.inodes.Insert(k, rec)
 	if err != nil {
+		fs.imu.Unlock()
 		unix.Close(fd)
 		return 0, errno(err)
 	}
 	in.tid = id
-	slot := int(id.Slot())
+	fs.installLocked(in)
+	fs.imu.Unlock()
+	crash(cpMaptable)
+	if !hasHandle || st.Nlink == 0 || k[2] != fs.root.key[2] {
+		// A restarted worker could not reopen it by handle.
+		fs.keep(in)
+	}
+	return uint64(id), 0
+}
+
+// installLocked makes in reachable by nodeid and key.
+// Precondition: fs.imu held for writing.
+func (fs *FS) installLocked(in *inode) {
+	slot := int(in.tid.Slot())
 	if slot >= len(fs.islots) {
 		fs.islots = append(fs.islots, make([]*inode, slot+1-len(fs.islots)+len(fs.islots)/2)...)
 	}
 	fs.islots[slot] = in
-	fs.byKey[k] = in
-	return uint64(id), 0
+	fs.byKey[in.key] = in
 }
 
-// forget drops n guest references to nodeid; at zero the inode's record goes
-// and its fd is closed once no request uses it. Unknown nodeids are ignored.
-func (fs *FS) forget(nodeid, n uint64) {
-	if nodeid == fuse.RootID {
+// forget drops n guest references of x's queue to nodeid; at a total of
+// zero the inode's record goes and its fd is closed once no request uses
+// it. Unknown nodeids are ignored. index is the entry's position in a
+// BATCH_FORGET (0 for FORGET). A resubmitted request skips a drop its
+// crashed run made (forget rule).
+func (fs *FS) forget(x *txn, nodeid, n uint64, index uint32) {
+	if nodeid == fuse.RootID || nodeid>>32 == 0 {
 		return
+	}
+	if r := x.res; r != nil {
+		if r.ProgressValid && index < r.Progress {
+			return
+		}
 	}
 	slot := uint32(nodeid)
 	fs.imu.Lock()
-	if int(slot) >= len(fs.islots) {
+	var in *inode
+	if int(slot) < len(fs.islots) {
+		if c := fs.islots[slot]; c != nil && uint64(c.tid) == nodeid {
+			in = c
+		}
+	}
+	if in == nil && fs.lazy {
+		in, _ = fs.materializeLocked(maptable.ID(nodeid), -1)
+		if in == nil {
+			in = fs.recordOnlyLocked(maptable.ID(nodeid))
+		}
+	}
+	if r := x.res; r != nil && r.RefValid && r.Ref.Index == uint64(index) && r.Ref.ID == nodeid {
+		if in == nil || in.cnt[x.q] == int64(r.Ref.Pre)-int64(n) {
+			fs.imu.Unlock()
+			if in == nil && fs.store != nil {
+				fs.store.Remove(inoName(nodeid)) // the crash may have come before
+			}
+			return // applied before the crash
+		}
+	}
+	if in == nil {
 		fs.imu.Unlock()
 		return
 	}
-	in := fs.islots[slot]
-	if in == nil || uint64(in.tid) != nodeid {
-		fs.imu.Unlock()
-		return
-	}
-	if n < in.nlookup {
-		in.nlookup -= n
+	x.setRef(nodeid, in.cnt[x.q], in.key, index)
+	in.cnt[x.q] -= int64(n)
+	in.total -= int64(n)
+	if in.total > 0 {
 		fs.inodes.Update(in.tid, in.persist)
 		fs.imu.Unlock()
+		crash(cpMaptable)
 		return
 	}
-	fs.islots[slot] = nil
-	delete(fs.byKey, in.key)
+	if int(slot) < len(fs.islots) && fs.islots[slot] == in {
+		fs.islots[slot] = nil
+		delete(fs.byKey, in.key)
+	}
 	fs.inodes.Delete(in.tid)
+	kept := in.flags&recKept != 0
 	fs.imu.Unlock()
+	crash(cpMaptable)
+	if kept && fs.store != nil {
+		fs.store.Remove(inoName(nodeid))
+		crash(cpStore)
+	}
 	in.kill()
 }
 
 // lookupAt resolves one name in directory dirfd without following symlinks,
 // counts a guest reference and fills e. A known inode costs one statx.
-func (fs *FS) lookupAt(dirfd int, name []byte, e *fuse.EntryOut) unix.Errno {
+func (fs *FS) lookupAt(x *txn, dirfd int, name []byte, e *fuse.EntryOut) unix.Errno {
 	var st unix.Statx_t
 	if err := statxAt(dirfd, name, unix.AT_SYMLINK_NOFOLLOW|unix.AT_NO_AUTOMOUNT, statxMask, &st); err != nil {
 		return errno(err)
@@ -241,7 +370,7 @@ func (fs *FS) lookupAt(dirfd int, name []byte, e *fuse.EntryOut) unix.Errno {
 	k := keyOf(&st)
 	fs.imu.Lock()
 	if in := fs.byKey[k]; in != nil {
-		fs.refLocked(in, 1)
+		fs.countLocked(x, in)
 		id := fs.nodeidOf(in)
 		fs.imu.Unlock()
 		fs.fillEntry(e, id, &st)
@@ -256,7 +385,7 @@ func (fs *FS) lookupAt(dirfd int, name []byte, e *fuse.EntryOut) unix.Errno {
 		unix.Close(fd)
 		return errno(err)
 	}
-	id, eno := fs.adopt(fd, &st)
+	id, eno := fs.adopt(x, fd, &st)
 	if eno != 0 {
 		return eno
 	}
@@ -266,12 +395,12 @@ func (fs *FS) lookupAt(dirfd int, name []byte, e *fuse.EntryOut) unix.Errno {
 
 // entryOf counts a reference to the pinned inode in and fills e with its
 // current attributes.
-func (fs *FS) entryOf(in *inode, e *fuse.EntryOut) unix.Errno {
+func (fs *FS) entryOf(x *txn, in *inode, e *fuse.EntryOut) unix.Errno {
 	var st unix.Statx_t
 	if err := statxFd(in.fd, &st); err != nil {
 		return errno(err)
 	}
-	if eno := fs.ref(in); eno != 0 {
+	if eno := fs.ref(x, in); eno != 0 {
 		return eno
 	}
 	fs.fillEntry(e, fs.nodeidOf(in), &st)
@@ -281,7 +410,7 @@ func (fs *FS) entryOf(in *inode, e *fuse.EntryOut) unix.Errno {
 // adoptOpen turns a freshly opened (non-O_PATH) fd into a guest reference:
 // it re-opens its inode O_PATH through procfs (the same inode, whatever
 // happened to the name meanwhile) and fills e.
-func (fs *FS) adoptOpen(fd int, e *fuse.EntryOut) unix.Errno {
+func (fs *FS) adoptOpen(x *txn, fd int, e *fuse.EntryOut) unix.Errno {
 	pfd, err := fs.reopen(fd, unix.O_PATH|unix.O_CLOEXEC)
 	if err != nil {
 		return errno(err)
@@ -291,7 +420,7 @@ func (fs *FS) adoptOpen(fd int, e *fuse.EntryOut) unix.Errno {
 		unix.Close(pfd)
 		return errno(err)
 	}
-	id, eno := fs.adopt(pfd, &st)
+	id, eno := fs.adopt(x, pfd, &st)
 	if eno != 0 {
 		return eno
 	}
@@ -351,7 +480,9 @@ func fillAttr(a *fuse.Attr, st *unix.Statx_t) {
 // handle is an open file or directory the guest knows by an fh.
 //
 // Handle record layout (handleRecSize bytes): nodeid u64, host open flags
-// u32, kind u32 (1 file, 2 directory).
+// u32, kind u32 (1 file, 2 directory). Records of journaled opens are keyed
+// by the creating request (handleKey), so that a resubmitted open finds the
+// handle its crashed run made; the fd is in the fd store as "fh.<id>".
 type handle struct {
 	fdRef
 	id     maptable.ID
@@ -368,8 +499,19 @@ const (
 // dirState serialises READDIR on one directory handle (seek + getdents).
 type dirState struct{ mu sync.Mutex }
 
-// newHandle takes ownership of fd and returns the fh naming it.
-func (fs *FS) newHandle(fd int, nodeid uint64, flags int, dir bool) (uint64, unix.Errno) {
+// handleKey is the key of the handle record a journaled request creates:
+// (queue, head), its journal generation and unique. The zero Key (no index
+// entry) when the request has no journal slot.
+func handleKey(x *txn, q int, head uint16) maptable.Key {
+	if !x.on {
+		return maptable.Key{}
+	}
+	return maptable.Key{1<<63 | uint64(q)<<16 | uint64(head), uint64(x.gen), x.unique}
+}
+
+// newHandle takes ownership of fd and returns the fh naming it; the fd goes
+// to the fd store before the fh is answered.
+func (fs *FS) newHandle(k maptable.Key, fd int, nodeid uint64, flags int, dir bool) (uint64, unix.Errno) {
 	var rec [handleRecSize]byte
 	binary.LittleEndian.PutUint64(rec[0:], nodeid)
 	binary.LittleEndian.PutUint32(rec[8:], uint32(flags))
@@ -381,22 +523,40 @@ func (fs *FS) newHandle(fd int, nodeid uint64, flags int, dir bool) (uint64, uni
 		binary.LittleEndian.PutUint32(rec[12:], kindDir)
 	}
 	fs.hmu.Lock()
-	defer fs.hmu.Unlock()
-	id, err := fs.handles.Insert(maptable.Key{}, rec[:])
+	id, err := fs.handles.Insert(k, rec[:])
 	if err != nil {
+		fs.hmu.Unlock()
 		unix.Close(fd)
+		if errors.Is(err, maptable.ErrExists) {
+			return 0, unix.EIO
+		}
 		return 0, errno(err)
 	}
 	h.id = id
-	slot := int(id.Slot())
+	fs.installHandleLocked(h)
+	fs.hmu.Unlock()
+	crash(cpMaptable)
+	if fs.store != nil {
+		if fs.store.Store(fhName(uint64(id)), fd) != nil {
+			fs.storeErrs.Add(1)
+		}
+		crash(cpStore)
+	}
+	return uint64(id), 0
+}
+
+// installHandleLocked makes h reachable by its fh.
+// Precondition: fs.hmu held for writing.
+func (fs *FS) installHandleLocked(h *handle) {
+	slot := int(h.id.Slot())
 	if slot >= len(fs.hslots) {
 		fs.hslots = append(fs.hslots, make([]*handle, slot+1-len(fs.hslots)+len(fs.hslots)/2)...)
 	}
 	fs.hslots[slot] = h
-	return uint64(id), 0
 }
 
-// getHandle pins the handle fh names; EBADF when there is none.
+// getHandle pins the handle fh names; EBADF when there is none. After a
+// restart a handle is loaded from its record and the fd store on first use.
 func (fs *FS) getHandle(fh uint64) (*handle, unix.Errno) {
 	slot := uint32(fh)
 	fs.hmu.RLock()
@@ -408,23 +568,49 @@ func (fs *FS) getHandle(fh uint64) (*handle, unix.Errno) {
 		}
 	}
 	fs.hmu.RUnlock()
-	return nil, unix.EBADF
-}
-
-// removeHandle unlinks fh from the table and returns it pinned (the caller
-// unpins, which closes the fd once other users are done).
-func (fs *FS) removeHandle(fh uint64) (*handle, unix.Errno) {
-	slot := uint32(fh)
+	if !fs.lazy || fh>>32 == 0 {
+		return nil, unix.EBADF
+	}
 	fs.hmu.Lock()
 	defer fs.hmu.Unlock()
-	if int(slot) < len(fs.hslots) {
-		if h := fs.hslots[slot]; h != nil && uint64(h.id) == fh {
-			fs.hslots[slot] = nil
-			fs.handles.Delete(h.id)
-			h.pins.Add(1)
-			h.dead.Store(true)
-			return h, 0
-		}
+	h, eno := fs.materializeHandleLocked(maptable.ID(fh))
+	if eno != 0 {
+		return nil, eno
 	}
+	h.pins.Add(1)
+	return h, 0
+}
+
+// removeHandle unlinks fh from the table and the fd store and returns it
+// pinned (the caller unpins, which closes the fd once other users are
+// done). A record whose fd is lost (a crash before it reached the store) is
+// deleted too, and answers EBADF.
+func (fs *FS) removeHandle(fh uint64) (*handle, unix.Errno) {
+	h, eno := fs.getHandle(fh)
+	if eno != 0 {
+		if fs.lazy && fh>>32 != 0 {
+			fs.hmu.Lock()
+			fs.handles.Delete(maptable.ID(fh))
+			fs.hmu.Unlock()
+		}
+		return nil, eno
+	}
+	h.unpin()
+	slot := uint32(fh)
+	fs.hmu.Lock()
+	if int(slot) < len(fs.hslots) && fs.hslots[slot] == h {
+		fs.hslots[slot] = nil
+		fs.handles.Delete(h.id)
+		h.pins.Add(1)
+		h.dead.Store(true)
+		fs.hmu.Unlock()
+		crash(cpMaptable)
+		if fs.store != nil {
+			fs.store.Remove(fhName(fh))
+			crash(cpStore)
+		}
+		return h, 0
+	}
+	fs.hmu.Unlock()
 	return nil, unix.EBADF
 }

@@ -102,7 +102,7 @@ func toFlock(lk *fuse.FileLock, fl *unix.Flock_t) unix.Errno {
 	return 0
 }
 
-func (fs *FS) opGetlk(req *fuse.Request, rep *fuse.Reply, arg []byte) {
+func (fs *FS) opGetlk(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {
 	var in fuse.LkIn
 	fuse.Parse(arg, &in)
 	if in.LkFlags&fuse.LkFlock != 0 {
@@ -139,11 +139,11 @@ func (fs *FS) opGetlk(req *fuse.Request, rep *fuse.Reply, arg []byte) {
 	rep.Ok(fuse.Bytes(&out))
 }
 
-func (fs *FS) opSetlk(req *fuse.Request, rep *fuse.Reply, arg []byte) {
+func (fs *FS) opSetlk(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {
 	fs.setlk(req, rep, arg, false)
 }
 
-func (fs *FS) opSetlkw(req *fuse.Request, rep *fuse.Reply, arg []byte) {
+func (fs *FS) opSetlkw(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {
 	fs.setlk(req, rep, arg, true)
 }
 
@@ -231,7 +231,7 @@ func contended(err error) bool {
 
 // opInterrupt cancels a pending SETLKW with that unique; other requests
 // finish on their own. No reply.
-func (fs *FS) opInterrupt(req *fuse.Request, rep *fuse.Reply, arg []byte) {
+func (fs *FS) opInterrupt(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {
 	var in fuse.InterruptIn
 	fuse.Parse(arg, &in)
 	fs.locks.interrupt(in.Unique)

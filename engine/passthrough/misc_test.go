@@ -40,7 +40,7 @@ func TestPanicBecomesEIO(t *testing.T) {
 	c := newTFS(t, Options{})
 	recoverPanics = true
 	saved := ops[fuse.OpStatfs]
-	ops[fuse.OpStatfs] = opEntry{fn: func(*FS, *fuse.Request, *fuse.Reply, []byte) { panic("boom") }}
+	ops[fuse.OpStatfs] = opEntry{fn: func(*FS, txn, *fuse.Request, *fuse.Reply, []byte) { panic("boom") }}
 	defer func() { recoverPanics = false; ops[fuse.OpStatfs] = saved }()
 	eno, _ := c.call(fuse.OpStatfs, fuse.RootID)
 	wantErr(t, "panicking handler", eno, unix.EIO)

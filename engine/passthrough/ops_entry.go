@@ -6,6 +6,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"vfsd/engine/fuse"
+	"vfsd/engine/journal"
+	"vfsd/maptable"
 )
 
 // component takes one NUL-terminated path component off b: not empty, at
@@ -41,7 +43,7 @@ func (fs *FS) replyEntry(rep *fuse.Reply, e *fuse.EntryOut) {
 	rep.Ok(fuse.Bytes(e))
 }
 
-func (fs *FS) opLookup(req *fuse.Request, rep *fuse.Reply, arg []byte) {
+func (fs *FS) opLookup(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {
 	name, _, eno := rawComponent(arg)
 	if eno != 0 {
 		rep.Error(eno)
@@ -61,44 +63,53 @@ func (fs *FS) opLookup(req *fuse.Request, rep *fuse.Reply, arg []byte) {
 		return
 	}
 	defer p.unpin()
+	var pre [journal.PreWords]uint64
+	x.begin(&pre)
 	var e fuse.EntryOut
 	switch {
 	case self, isDots(name) && p == fs.root:
 		// ".." of the root is the root: the guest never leaves the
 		// shared directory.
-		eno = fs.entryOf(p, &e)
+		eno = fs.entryOf(&x, p, &e)
 	default:
-		eno = fs.lookupAt(p.fd, name, &e)
+		eno = fs.lookupAt(&x, p.fd, name, &e)
 	}
 	if eno != 0 {
-		rep.Error(eno)
+		x.fail(rep, eno)
 		return
 	}
-	fs.replyEntry(rep, &e)
+	x.ok(rep, fuse.Bytes(&e), nil)
 }
 
-func (fs *FS) opForget(req *fuse.Request, rep *fuse.Reply, arg []byte) {
+func (fs *FS) opForget(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {
 	var in fuse.ForgetIn
 	fuse.Parse(arg, &in)
-	fs.forget(req.NodeID, in.Nlookup)
+	var pre [journal.PreWords]uint64
+	x.begin(&pre)
+	fs.forget(&x, req.NodeID, in.Nlookup, 0)
+	x.finish(0, nil, nil)
 	rep.NoReply()
 }
 
-func (fs *FS) opBatchForget(req *fuse.Request, rep *fuse.Reply, arg []byte) {
+func (fs *FS) opBatchForget(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {
 	var in fuse.BatchForgetIn
 	rest, _ := fuse.Parse(arg, &in)
+	var pre [journal.PreWords]uint64
+	x.begin(&pre)
 	var one fuse.ForgetOne
 	for i := uint32(0); i < in.Count; i++ {
 		var ok bool
 		if rest, ok = fuse.Parse(rest, &one); !ok {
 			break // count larger than the entries sent: do what is there
 		}
-		fs.forget(one.NodeID, one.Nlookup)
+		x.progress(i)
+		fs.forget(&x, one.NodeID, one.Nlookup, i)
 	}
+	x.finish(0, nil, nil)
 	rep.NoReply()
 }
 
-func (fs *FS) opGetattr(req *fuse.Request, rep *fuse.Reply, arg []byte) {
+func (fs *FS) opGetattr(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {
 	in, eno := fs.getInode(req.NodeID)
 	if eno != 0 {
 		rep.Error(eno)
@@ -119,7 +130,7 @@ func (fs *FS) replyAttr(rep *fuse.Reply, fd int) {
 	rep.Ok(fuse.Bytes(&out))
 }
 
-func (fs *FS) opSetattr(req *fuse.Request, rep *fuse.Reply, arg []byte) {
+func (fs *FS) opSetattr(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {
 	var a fuse.SetattrIn
 	fuse.Parse(arg, &a)
 	in, eno := fs.getInode(req.NodeID)
@@ -260,7 +271,7 @@ func (fs *FS) killSuidgid(fd int) unix.Errno {
 	return 0
 }
 
-func (fs *FS) opStatx(req *fuse.Request, rep *fuse.Reply, arg []byte) {
+func (fs *FS) opStatx(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {
 	var sx fuse.StatxIn
 	fuse.Parse(arg, &sx)
 	in, eno := fs.getInode(req.NodeID)
@@ -298,7 +309,7 @@ func (fs *FS) opStatx(req *fuse.Request, rep *fuse.Reply, arg []byte) {
 	rep.Ok(fuse.Bytes(&out))
 }
 
-func (fs *FS) opReadlink(req *fuse.Request, rep *fuse.Reply, arg []byte) {
+func (fs *FS) opReadlink(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {
 	in, eno := fs.getInode(req.NodeID)
 	if eno != 0 {
 		rep.Error(eno)
@@ -326,17 +337,82 @@ func createMode(mode, umask uint32) uint32 {
 	return mode&unix.S_IFMT | mode&07777&^(umask&0777)
 }
 
-// created answers a MKNOD/MKDIR/SYMLINK/LINK: looks the new name up.
-func (fs *FS) created(rep *fuse.Reply, dirfd int, name []byte) {
+// created answers a MKNOD/MKDIR/SYMLINK: looks the new name up.
+func (fs *FS) created(x *txn, rep *fuse.Reply, dirfd int, name []byte) {
 	var e fuse.EntryOut
-	if eno := fs.lookupAt(dirfd, name, &e); eno != 0 {
-		rep.Error(eno)
+	if eno := fs.lookupAt(x, dirfd, name, &e); eno != 0 {
+		x.fail(rep, eno)
 		return
 	}
-	fs.replyEntry(rep, &e)
+	x.ok(rep, fuse.Bytes(&e), nil)
 }
 
-func (fs *FS) opSymlink(req *fuse.Request, rep *fuse.Reply, arg []byte) {
+// coarseNow is the time file timestamps are taken from (the coarse
+// realtime clock), in nanoseconds: an inode created after it has a birth
+// time not before it.
+func coarseNow() uint64 {
+	var ts unix.Timespec
+	if unix.ClockGettime(unix.CLOCK_REALTIME_COARSE, &ts) != nil {
+		return 0
+	}
+	return uint64(ts.Sec)*1e9 + uint64(ts.Nsec)
+}
+
+// ownEntry is the make rule's EEXIST test: name in dirfd is the entry the
+// crashed run of this request created when it was born at or after start,
+// belongs to uid, has type typ and, for symlinks, target, for devices rdev.
+func (fs *FS) ownEntry(dirfd int, name []byte, start uint64, uid, typ uint32, target []byte, rdev uint64) bool {
+	var st unix.Statx_t
+	if statxAt(dirfd, name, unix.AT_SYMLINK_NOFOLLOW, statxMask|unix.STATX_BTIME, &st) != nil {
+		return false
+	}
+	if uint32(st.Mode)&unix.S_IFMT != typ || st.Uid != uid {
+		return false
+	}
+	t := st.Ctime
+	if st.Mask&unix.STATX_BTIME != 0 {
+		t = st.Btime
+	}
+	if t.Sec < 0 || uint64(t.Sec)*1e9+uint64(t.Nsec) < start {
+		return false
+	}
+	switch typ {
+	case unix.S_IFLNK:
+		s := fs.getScratch()
+		defer fs.putScratch(s)
+		n, err := readlinkat(dirfd, name, s.buf[:fuse.PathMax])
+		return err == nil && bytes.Equal(s.buf[:n], target)
+	case unix.S_IFCHR, unix.S_IFBLK:
+		return unix.Mkdev(st.Rdev_major, st.Rdev_minor) == rdev
+	}
+	return true
+}
+
+// makeNode runs a MKNOD/MKDIR/SYMLINK (mk) under the make rule and answers
+// the new entry.
+func (fs *FS) makeNode(x *txn, req *fuse.Request, rep *fuse.Reply, p *inode, name []byte, typ uint32,
+	target []byte, rdev uint64, mk func() error) {
+	var pre [journal.PreWords]uint64
+	pre[0] = coarseNow()
+	x.begin(&pre)
+	if err := fs.asUser(req.UID, req.GID); err != nil {
+		x.fail(rep, errno(err))
+		return
+	}
+	err := mk()
+	fs.asSelf()
+	crash(cpSyscall)
+	if err == unix.EEXIST && x.res != nil && fs.ownEntry(p.fd, name, pre[0], req.UID, typ, target, rdev) {
+		err = nil // ours, made before the crash
+	}
+	if err != nil {
+		x.fail(rep, errno(err))
+		return
+	}
+	fs.created(x, rep, p.fd, name)
+}
+
+func (fs *FS) opSymlink(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {
 	name, rest, eno := component(arg)
 	if eno != 0 {
 		rep.Error(eno)
@@ -360,20 +436,10 @@ func (fs *FS) opSymlink(req *fuse.Request, rep *fuse.Reply, arg []byte) {
 		return
 	}
 	defer p.unpin()
-	if err := fs.asUser(req.UID, req.GID); err != nil {
-		rep.Error(errno(err))
-		return
-	}
-	err := symlinkat(target, p.fd, name)
-	fs.asSelf()
-	if err != nil {
-		rep.Error(errno(err))
-		return
-	}
-	fs.created(rep, p.fd, name)
+	fs.makeNode(&x, req, rep, p, name, unix.S_IFLNK, target, 0, func() error { return symlinkat(target, p.fd, name) })
 }
 
-func (fs *FS) opMknod(req *fuse.Request, rep *fuse.Reply, arg []byte) {
+func (fs *FS) opMknod(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {
 	var in fuse.MknodIn
 	rest, _ := fuse.Parse(arg, &in)
 	name, _, eno := component(rest)
@@ -394,20 +460,13 @@ func (fs *FS) opMknod(req *fuse.Request, rep *fuse.Reply, arg []byte) {
 	}
 	defer p.unpin()
 	major, minor := fuse.DecodeDev(in.Rdev)
-	if err := fs.asUser(req.UID, req.GID); err != nil {
-		rep.Error(errno(err))
-		return
-	}
-	err := mknodat(p.fd, name, createMode(in.Mode, in.Umask), unix.Mkdev(major, minor))
-	fs.asSelf()
-	if err != nil {
-		rep.Error(errno(err))
-		return
-	}
-	fs.created(rep, p.fd, name)
+	dev := unix.Mkdev(major, minor)
+	fs.makeNode(&x, req, rep, p, name, in.Mode&unix.S_IFMT, nil, dev, func() error {
+		return mknodat(p.fd, name, createMode(in.Mode, in.Umask), dev)
+	})
 }
 
-func (fs *FS) opMkdir(req *fuse.Request, rep *fuse.Reply, arg []byte) {
+func (fs *FS) opMkdir(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {
 	var in fuse.MkdirIn
 	rest, _ := fuse.Parse(arg, &in)
 	name, _, eno := component(rest)
@@ -421,28 +480,26 @@ func (fs *FS) opMkdir(req *fuse.Request, rep *fuse.Reply, arg []byte) {
 		return
 	}
 	defer p.unpin()
-	if err := fs.asUser(req.UID, req.GID); err != nil {
-		rep.Error(errno(err))
-		return
-	}
-	err := mkdirat(p.fd, name, createMode(in.Mode&07777, in.Umask))
-	fs.asSelf()
-	if err != nil {
-		rep.Error(errno(err))
-		return
-	}
-	fs.created(rep, p.fd, name)
+	fs.makeNode(&x, req, rep, p, name, unix.S_IFDIR, nil, 0, func() error {
+		return mkdirat(p.fd, name, createMode(in.Mode&07777, in.Umask))
+	})
 }
 
-func (fs *FS) opUnlink(req *fuse.Request, rep *fuse.Reply, arg []byte) {
-	fs.remove(req, rep, arg, 0)
+func (fs *FS) opUnlink(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {
+	fs.remove(&x, req, rep, arg, 0)
 }
 
-func (fs *FS) opRmdir(req *fuse.Request, rep *fuse.Reply, arg []byte) {
-	fs.remove(req, rep, arg, unix.AT_REMOVEDIR)
+func (fs *FS) opRmdir(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {
+	fs.remove(&x, req, rep, arg, unix.AT_REMOVEDIR)
 }
 
-func (fs *FS) remove(req *fuse.Request, rep *fuse.Reply, arg []byte, flags int) {
+// keyWords puts k into three pre-state words.
+func keyWords(w []uint64, k maptable.Key) { copy(w, k[:]) }
+
+func wordsKey(w []uint64) maptable.Key { return maptable.Key{w[0], w[1], w[2]} }
+
+// remove runs UNLINK/RMDIR under the remove rule.
+func (fs *FS) remove(x *txn, req *fuse.Request, rep *fuse.Reply, arg []byte, flags int) {
 	name, _, eno := component(arg)
 	if eno != 0 {
 		rep.Error(eno)
@@ -454,30 +511,55 @@ func (fs *FS) remove(req *fuse.Request, rep *fuse.Reply, arg []byte, flags int) 
 		return
 	}
 	defer p.unpin()
-	if err := unlinkat(p.fd, name, flags); err != nil {
-		rep.Error(errno(err))
+	// pre: the target's key (words 0-2), word 3 = 1 when it existed.
+	var pre [journal.PreWords]uint64
+	var st unix.Statx_t
+	found := statxAt(p.fd, name, unix.AT_SYMLINK_NOFOLLOW, statxMask, &st) == nil
+	if found {
+		keyWords(pre[:], keyOf(&st))
+		pre[3] = 1
+	}
+	x.begin(&pre)
+	if x.res != nil && pre[3] == 1 {
+		// Started: the name gone, or holding another inode, means our
+		// unlink happened (never remove a newer file).
+		if !found || keyOf(&st) != wordsKey(pre[:]) {
+			x.ok(rep, nil, nil)
+			return
+		}
+	}
+	if found {
+		// The guest may still use the inode after its last link goes: keep
+		// its fd in the store first (a handle cannot reopen it).
+		fs.keepIfLastLink(&st)
+	}
+	err := unlinkat(p.fd, name, flags)
+	crash(cpSyscall)
+	if err != nil {
+		x.fail(rep, errno(err))
 		return
 	}
-	rep.Ok()
+	x.ok(rep, nil, nil)
 }
 
-func (fs *FS) opRename(req *fuse.Request, rep *fuse.Reply, arg []byte) {
+func (fs *FS) opRename(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {
 	var in fuse.RenameIn
 	rest, _ := fuse.Parse(arg, &in)
-	fs.rename(req, rep, in.Newdir, 0, rest)
+	fs.rename(&x, req, rep, in.Newdir, 0, rest)
 }
 
-func (fs *FS) opRename2(req *fuse.Request, rep *fuse.Reply, arg []byte) {
+func (fs *FS) opRename2(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {
 	var in fuse.Rename2In
 	rest, _ := fuse.Parse(arg, &in)
 	if in.Flags&^(unix.RENAME_NOREPLACE|unix.RENAME_EXCHANGE|unix.RENAME_WHITEOUT) != 0 {
 		rep.Error(unix.EINVAL)
 		return
 	}
-	fs.rename(req, rep, in.Newdir, in.Flags, rest)
+	fs.rename(&x, req, rep, in.Newdir, in.Flags, rest)
 }
 
-func (fs *FS) rename(req *fuse.Request, rep *fuse.Reply, newdir uint64, flags uint32, names []byte) {
+// rename runs RENAME/RENAME2 under the rename rule.
+func (fs *FS) rename(x *txn, req *fuse.Request, rep *fuse.Reply, newdir uint64, flags uint32, names []byte) {
 	oldname, rest, eno := component(names)
 	if eno != 0 {
 		rep.Error(eno)
@@ -500,14 +582,47 @@ func (fs *FS) rename(req *fuse.Request, rep *fuse.Reply, newdir uint64, flags ui
 		return
 	}
 	defer np.unpin()
-	if err := renameat2(op.fd, oldname, np.fd, newname, flags); err != nil {
-		rep.Error(errno(err))
+	// pre: source key (words 0-2), destination key (3-5), word 6: bit 0
+	// source existed, bit 1 destination existed.
+	var pre [journal.PreWords]uint64
+	var ss, ds unix.Statx_t
+	srcOK := statxAt(op.fd, oldname, unix.AT_SYMLINK_NOFOLLOW, statxMask, &ss) == nil
+	dstOK := statxAt(np.fd, newname, unix.AT_SYMLINK_NOFOLLOW, statxMask, &ds) == nil
+	if srcOK {
+		keyWords(pre[0:], keyOf(&ss))
+		pre[6] |= 1
+	}
+	if dstOK {
+		keyWords(pre[3:], keyOf(&ds))
+		pre[6] |= 2
+	}
+	x.begin(&pre)
+	if x.res != nil && pre[6]&1 != 0 {
+		src, dst := wordsKey(pre[0:]), wordsKey(pre[3:])
+		var applied bool
+		if flags&unix.RENAME_EXCHANGE != 0 {
+			applied = pre[6]&2 != 0 && srcOK && dstOK && keyOf(&ss) == dst && keyOf(&ds) == src
+		} else {
+			applied = dstOK && keyOf(&ds) == src && !(srcOK && keyOf(&ss) == src)
+		}
+		if applied {
+			x.ok(rep, nil, nil)
+			return
+		}
+	}
+	if dstOK && flags&unix.RENAME_EXCHANGE == 0 {
+		fs.keepIfLastLink(&ds) // replaced: its last link may go
+	}
+	err := renameat2(op.fd, oldname, np.fd, newname, flags)
+	crash(cpSyscall)
+	if err != nil {
+		x.fail(rep, errno(err))
 		return
 	}
-	rep.Ok()
+	x.ok(rep, nil, nil)
 }
 
-func (fs *FS) opLink(req *fuse.Request, rep *fuse.Reply, arg []byte) {
+func (fs *FS) opLink(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {
 	var in fuse.LinkIn
 	rest, _ := fuse.Parse(arg, &in)
 	name, _, eno := component(rest)
@@ -527,19 +642,32 @@ func (fs *FS) opLink(req *fuse.Request, rep *fuse.Reply, arg []byte) {
 		return
 	}
 	defer p.unpin()
-	if err := linkat(old.fd, nil, p.fd, name, unix.AT_EMPTY_PATH); err != nil {
-		rep.Error(errno(err))
+	// pre: word 0 start time, words 1-3 the source's key.
+	var pre [journal.PreWords]uint64
+	pre[0] = coarseNow()
+	keyWords(pre[1:], old.key)
+	x.begin(&pre)
+	err := linkat(old.fd, nil, p.fd, name, unix.AT_EMPTY_PATH)
+	crash(cpSyscall)
+	if err == unix.EEXIST && x.res != nil {
+		var st unix.Statx_t
+		if statxAt(p.fd, name, unix.AT_SYMLINK_NOFOLLOW, statxMask, &st) == nil && keyOf(&st) == wordsKey(pre[1:]) {
+			err = nil // the name holds the source: our link
+		}
+	}
+	if err != nil {
+		x.fail(rep, errno(err))
 		return
 	}
 	var e fuse.EntryOut
-	if eno := fs.entryOf(old, &e); eno != 0 {
-		rep.Error(eno)
+	if eno := fs.entryOf(&x, old, &e); eno != 0 {
+		x.fail(rep, eno)
 		return
 	}
-	fs.replyEntry(rep, &e)
+	x.ok(rep, fuse.Bytes(&e), nil)
 }
 
-func (fs *FS) opStatfs(req *fuse.Request, rep *fuse.Reply, arg []byte) {
+func (fs *FS) opStatfs(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {
 	in, eno := fs.getInode(req.NodeID)
 	if eno != 0 {
 		rep.Error(eno)
@@ -558,7 +686,7 @@ func (fs *FS) opStatfs(req *fuse.Request, rep *fuse.Reply, arg []byte) {
 	rep.Ok(fuse.Bytes(&out))
 }
 
-func (fs *FS) opAccess(req *fuse.Request, rep *fuse.Reply, arg []byte) {
+func (fs *FS) opAccess(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {
 	var a fuse.AccessIn
 	fuse.Parse(arg, &a)
 	if a.Mask&^(unix.R_OK|unix.W_OK|unix.X_OK) != 0 {

@@ -1,11 +1,13 @@
 package passthrough
 
 import (
+	"bytes"
 	"encoding/binary"
 
 	"golang.org/x/sys/unix"
 
 	"vfsd/engine/fuse"
+	"vfsd/engine/journal"
 )
 
 // openFlags turns guest open flags into host flags: only flags whose meaning
@@ -33,7 +35,7 @@ func (fs *FS) openFlags(f uint32) (int, unix.Errno) {
 	return flags | unix.O_CLOEXEC | unix.O_NOFOLLOW | unix.O_LARGEFILE, 0
 }
 
-func (fs *FS) opOpen(req *fuse.Request, rep *fuse.Reply, arg []byte) {
+func (fs *FS) opOpen(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {
 	var o fuse.OpenIn
 	fuse.Parse(arg, &o)
 	flags, eno := fs.openFlags(o.Flags)
@@ -48,6 +50,13 @@ func (fs *FS) opOpen(req *fuse.Request, rep *fuse.Reply, arg []byte) {
 		return
 	}
 	defer in.unpin()
+	var pre [journal.PreWords]uint64
+	x.begin(&pre)
+	if fh, ok := fs.resumedHandle(&x, req); ok {
+		out := fuse.OpenOut{Fh: fh, OpenFlags: fs.policy.fileFlags}
+		x.ok(rep, fuse.Bytes(&out), nil)
+		return
+	}
 	switch in.typ {
 	case unix.S_IFREG:
 	case unix.S_IFDIR:
@@ -74,16 +83,38 @@ func (fs *FS) opOpen(req *fuse.Request, rep *fuse.Reply, arg []byte) {
 			return
 		}
 	}
-	fh, eno := fs.newHandle(fd, req.NodeID, flags, false)
+	fh, eno := fs.newHandle(handleKey(&x, req.Queue, req.Head), fd, req.NodeID, flags, false)
 	if eno != 0 {
-		rep.Error(eno)
+		x.fail(rep, eno)
 		return
 	}
 	out := fuse.OpenOut{Fh: fh, OpenFlags: fs.policy.fileFlags}
-	rep.Ok(fuse.Bytes(&out))
+	x.ok(rep, fuse.Bytes(&out), nil)
 }
 
-func (fs *FS) opCreate(req *fuse.Request, rep *fuse.Reply, arg []byte) {
+// resumedHandle is the open rule: the handle the crashed run of this
+// resubmitted request created, found by its key. A record whose fd never
+// reached the store is deleted (the open is then re-executed).
+func (fs *FS) resumedHandle(x *txn, req *fuse.Request) (uint64, bool) {
+	if x.res == nil {
+		return 0, false
+	}
+	id, ok := fs.handles.Lookup(handleKey(x, req.Queue, req.Head))
+	if !ok {
+		return 0, false
+	}
+	h, eno := fs.getHandle(uint64(id))
+	if eno != 0 {
+		fs.hmu.Lock()
+		fs.handles.Delete(id)
+		fs.hmu.Unlock()
+		return 0, false
+	}
+	h.unpin()
+	return uint64(id), true
+}
+
+func (fs *FS) opCreate(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {
 	var c fuse.CreateIn
 	rest, _ := fuse.Parse(arg, &c)
 	name, _, eno := component(rest)
@@ -96,12 +127,12 @@ func (fs *FS) opCreate(req *fuse.Request, rep *fuse.Reply, arg []byte) {
 		rep.Error(eno)
 		return
 	}
-	fs.createFile(req, rep, name, flags|unix.O_CREAT, createMode(unix.S_IFREG|c.Mode&07777, c.Umask))
+	fs.createFile(&x, req, rep, name, flags|unix.O_CREAT, createMode(unix.S_IFREG|c.Mode&07777, c.Umask))
 }
 
 // opTmpfile creates an unnamed file in the directory (O_TMPFILE). The name
 // the guest sends is a placeholder and ignored.
-func (fs *FS) opTmpfile(req *fuse.Request, rep *fuse.Reply, arg []byte) {
+func (fs *FS) opTmpfile(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {
 	var c fuse.CreateIn
 	fuse.Parse(arg, &c)
 	flags, eno := fs.openFlags(c.Flags)
@@ -114,42 +145,100 @@ func (fs *FS) opTmpfile(req *fuse.Request, rep *fuse.Reply, arg []byte) {
 		return
 	}
 	// O_EXCL keeps its O_TMPFILE meaning: the file can never be linked.
-	fs.createFile(req, rep, dotName[:1], flags|unix.O_TMPFILE, createMode(c.Mode&07777, c.Umask))
+	fs.createFile(&x, req, rep, dotName[:1], flags|unix.O_TMPFILE, createMode(c.Mode&07777, c.Umask))
 }
 
 var dotName = [2]byte{'.', 0}
 
-func (fs *FS) createFile(req *fuse.Request, rep *fuse.Reply, name []byte, flags int, mode uint32) {
+// createFile runs CREATE/TMPFILE under the create/tmpfile rules.
+func (fs *FS) createFile(x *txn, req *fuse.Request, rep *fuse.Reply, name []byte, flags int, mode uint32) {
 	p, eno := fs.getDir(req.NodeID)
 	if eno != 0 {
 		rep.Error(eno)
 		return
 	}
 	defer p.unpin()
-	if err := fs.asUser(req.UID, req.GID); err != nil {
-		rep.Error(errno(err))
-		return
-	}
-	fd, err := openat(p.fd, name, flags, mode&07777)
-	fs.asSelf()
-	if err != nil {
-		rep.Error(errno(err))
-		return
-	}
+	hflags := flags &^ (unix.O_CREAT | unix.O_TMPFILE | unix.O_EXCL | unix.O_TRUNC)
+	var pre [journal.PreWords]uint64
+	pre[0] = coarseNow()
+	x.begin(&pre)
 	var e fuse.EntryOut
-	if eno := fs.adoptOpen(fd, &e); eno != 0 {
-		unix.Close(fd)
-		rep.Error(eno)
+	if fh, ok := fs.resumedHandle(x, req); ok {
+		// Created, counted and opened before the crash.
+		h, eno := fs.getHandle(fh)
+		if eno == 0 {
+			in, eno2 := fs.getInode(h.nodeid)
+			h.unpin()
+			if eno = eno2; eno == 0 {
+				eno = fs.entryOf(x, in, &e)
+				in.unpin()
+			}
+		}
+		if eno != 0 {
+			x.fail(rep, eno)
+			return
+		}
+		out := fuse.OpenOut{Fh: fh, OpenFlags: fs.policy.fileFlags}
+		x.ok(rep, fuse.Bytes(&e), fuse.Bytes(&out))
 		return
 	}
-	fh, eno := fs.newHandle(fd, e.NodeID, flags&^(unix.O_CREAT|unix.O_TMPFILE|unix.O_EXCL|unix.O_TRUNC), false)
+	fd := fs.resumedCreated(x, hflags)
+	if fd < 0 {
+		if err := fs.asUser(req.UID, req.GID); err != nil {
+			x.fail(rep, errno(err))
+			return
+		}
+		var err error
+		fd, err = openat(p.fd, name, flags, mode&07777)
+		fs.asSelf()
+		crash(cpSyscall)
+		if err == unix.EEXIST && x.res != nil && flags&unix.O_EXCL != 0 &&
+			fs.ownEntry(p.fd, name, pre[0], req.UID, unix.S_IFREG, nil, 0) {
+			// Ours (the make rule): open it without creating or truncating.
+			fd, err = openat(p.fd, name, hflags|unix.O_NOFOLLOW, 0)
+		}
+		if err != nil {
+			x.fail(rep, errno(err))
+			return
+		}
+	}
+	if eno := fs.adoptOpen(x, fd, &e); eno != 0 {
+		unix.Close(fd)
+		x.fail(rep, eno)
+		return
+	}
+	fh, eno := fs.newHandle(handleKey(x, req.Queue, req.Head), fd, e.NodeID, hflags, false)
 	if eno != 0 {
-		fs.forget(e.NodeID, 1) // the guest never learns of this reference
-		rep.Error(eno)
+		fs.forget(&txn{q: x.q}, e.NodeID, 1, 0) // the guest never learns of this reference
+		x.fail(rep, eno)
 		return
 	}
 	out := fuse.OpenOut{Fh: fh, OpenFlags: fs.policy.fileFlags}
-	rep.Ok(fuse.Bytes(&e), fuse.Bytes(&out))
+	x.ok(rep, fuse.Bytes(&e), fuse.Bytes(&out))
+}
+
+// resumedCreated: when the crashed run of this CREATE/TMPFILE counted its
+// inode (ref record) but its handle did not survive, re-open that inode
+// through procfs with the handle's flags (no second file, no O_TRUNC).
+// -1 when there is none: the request is re-executed.
+func (fs *FS) resumedCreated(x *txn, hflags int) int {
+	if x.res == nil || !x.res.RefValid {
+		return -1
+	}
+	fs.imu.Lock()
+	in, _ := fs.knownLocked(x.res.Ref.Key, -1)
+	if in == nil || !x.counted(in, in.key) || in.typ != unix.S_IFREG {
+		fs.imu.Unlock()
+		return -1
+	}
+	in.pins.Add(1)
+	fs.imu.Unlock()
+	defer in.unpin()
+	fd, err := fs.reopen(in.fd, hflags&^unix.O_NOFOLLOW)
+	if err != nil {
+		return -1
+	}
+	return fd
 }
 
 // fileHandle pins the file handle fh; EBADF for unknown or directory handles.
@@ -165,7 +254,7 @@ func (fs *FS) fileHandle(fh uint64) (*handle, unix.Errno) {
 	return h, 0
 }
 
-func (fs *FS) opRead(req *fuse.Request, rep *fuse.Reply, arg []byte) {
+func (fs *FS) opRead(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {
 	var in fuse.ReadIn
 	fuse.Parse(arg, &in)
 	if in.Offset > fuse.OffsetMax {
@@ -181,7 +270,7 @@ func (fs *FS) opRead(req *fuse.Request, rep *fuse.Reply, arg []byte) {
 	h.unpin()
 }
 
-func (fs *FS) opWrite(req *fuse.Request, rep *fuse.Reply, arg []byte) {
+func (fs *FS) opWrite(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {
 	var in fuse.WriteIn
 	fuse.Parse(arg, &in)
 	if in.Offset > fuse.OffsetMax || int(in.Size) != req.Data.Len() {
@@ -197,26 +286,75 @@ func (fs *FS) opWrite(req *fuse.Request, rep *fuse.Reply, arg []byte) {
 	off := int64(in.Offset)
 	if h.flags&unix.O_APPEND != 0 {
 		off = -1 // append at the end, whatever the guest's idea of it
+		// The append rule: pre = size before, length.
+		var pre [journal.PreWords]uint64
+		var st unix.Stat_t
+		if err := unix.Fstat(h.fd, &st); err != nil {
+			rep.Error(errno(err))
+			return
+		}
+		pre[0], pre[1] = uint64(st.Size), uint64(in.Size)
+		x.begin(&pre)
+		if x.res != nil {
+			if n, done := fs.appendLanded(h.fd, req.Data, int64(pre[0]), int64(pre[1]), st.Size); done {
+				if n < 0 {
+					x.fail(rep, unix.EIO)
+					return
+				}
+				out := fuse.WriteOut{Size: uint32(n)}
+				x.ok(rep, fuse.Bytes(&out), nil)
+				return
+			}
+		}
 	}
 	s := fs.getScratch()
 	n, iov, err := fuse.WriteFile(h.fd, req.Data, off, s.iov)
 	s.iov = iov[:0]
 	fs.putScratch(s)
+	crash(cpSyscall)
 	if err != nil {
-		rep.Error(errno(err))
+		x.fail(rep, errno(err))
 		return
 	}
 	if in.WriteFlags&fuse.WriteKillSuidgid != 0 {
 		if eno := fs.killSuidgid(h.fd); eno != 0 {
-			rep.Error(eno)
+			x.fail(rep, eno)
 			return
 		}
 	}
 	out := fuse.WriteOut{Size: uint32(n)}
-	rep.Ok(fuse.Bytes(&out))
+	x.ok(rep, fuse.Bytes(&out), nil)
 }
 
-func (fs *FS) opFlush(req *fuse.Request, rep *fuse.Reply, arg []byte) {
+// appendLanded is the append rule for a resubmitted O_APPEND WRITE whose
+// crashed run began: size is the file's size now, pre before, n the length.
+// It returns (written, true) when the write landed (whole or short), (-1,
+// true) when that cannot be known (answer EIO, never write twice), (0,
+// false) when it did not land (re-execute).
+func (fs *FS) appendLanded(fd int, data fuse.Scatter, pre, n, size int64) (int64, bool) {
+	switch {
+	case size == pre:
+		return 0, false
+	case size == pre+n:
+		return n, true
+	case size > pre && size < pre+n:
+		return size - pre, true // a short write landed
+	case size > pre+n:
+		// Later appends by others: the write landed iff our bytes are there.
+		got := make([]byte, n)
+		if m, err := unix.Pread(fd, got, pre); err != nil || int64(m) != n {
+			return -1, true
+		}
+		want := make([]byte, n)
+		data.CopyOut(want)
+		if bytes.Equal(got, want) {
+			return n, true
+		}
+	}
+	return -1, true
+}
+
+func (fs *FS) opFlush(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {
 	var in fuse.FlushIn
 	fuse.Parse(arg, &in)
 	h, eno := fs.fileHandle(in.Fh)
@@ -238,44 +376,56 @@ func (fs *FS) opFlush(req *fuse.Request, rep *fuse.Reply, arg []byte) {
 	rep.Ok()
 }
 
-func (fs *FS) opRelease(req *fuse.Request, rep *fuse.Reply, arg []byte) {
-	fs.release(rep, arg, false)
+func (fs *FS) opRelease(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {
+	fs.release(&x, rep, arg, false)
 }
 
-func (fs *FS) opReleasedir(req *fuse.Request, rep *fuse.Reply, arg []byte) {
-	fs.release(rep, arg, true)
+func (fs *FS) opReleasedir(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {
+	fs.release(&x, rep, arg, true)
 }
 
-func (fs *FS) release(rep *fuse.Reply, arg []byte, dir bool) {
+// release runs RELEASE/RELEASEDIR under the release rule.
+func (fs *FS) release(x *txn, rep *fuse.Reply, arg []byte, dir bool) {
 	var in fuse.ReleaseIn
 	fuse.Parse(arg, &in)
+	var pre [journal.PreWords]uint64
+	x.begin(&pre)
 	h, eno := fs.getHandle(in.Fh)
 	if eno != 0 {
-		rep.Error(eno)
+		fs.removeHandle(in.Fh) // after a restart: a record whose fd is lost
+		if x.res != nil {
+			// Released before the crash; the store's copy may remain.
+			if fs.store != nil {
+				fs.store.Remove(fhName(in.Fh))
+			}
+			x.ok(rep, nil, nil)
+			return
+		}
+		x.fail(rep, eno)
 		return
 	}
 	isDir := h.dir != nil
 	h.unpin()
 	if isDir != dir {
-		rep.Error(unix.EBADF)
+		x.fail(rep, unix.EBADF)
 		return
 	}
 	if h, eno = fs.removeHandle(in.Fh); eno != 0 {
-		rep.Error(eno)
+		x.fail(rep, eno)
 		return
 	}
 	if in.ReleaseFlags&fuse.ReleaseFlockUnlock != 0 {
 		unix.Flock(h.fd, unix.LOCK_UN)
 	}
 	h.unpin() // closes the fd once no other request uses it
-	rep.Ok()
+	x.ok(rep, nil, nil)
 }
 
-func (fs *FS) opFsync(req *fuse.Request, rep *fuse.Reply, arg []byte) {
+func (fs *FS) opFsync(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {
 	fs.fsync(rep, arg, false)
 }
 
-func (fs *FS) opFsyncdir(req *fuse.Request, rep *fuse.Reply, arg []byte) {
+func (fs *FS) opFsyncdir(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {
 	fs.fsync(rep, arg, true)
 }
 
@@ -305,7 +455,7 @@ func (fs *FS) fsync(rep *fuse.Reply, arg []byte, dir bool) {
 	rep.Ok()
 }
 
-func (fs *FS) opFallocate(req *fuse.Request, rep *fuse.Reply, arg []byte) {
+func (fs *FS) opFallocate(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {
 	var in fuse.FallocateIn
 	fuse.Parse(arg, &in)
 	if in.Offset > fuse.OffsetMax || in.Length > fuse.OffsetMax {
@@ -318,14 +468,39 @@ func (fs *FS) opFallocate(req *fuse.Request, rep *fuse.Reply, arg []byte) {
 		return
 	}
 	defer h.unpin()
-	if err := unix.Fallocate(h.fd, in.Mode, int64(in.Offset), int64(in.Length)); err != nil {
-		rep.Error(errno(err))
+	if in.Mode&(unix.FALLOC_FL_COLLAPSE_RANGE|unix.FALLOC_FL_INSERT_RANGE) != 0 {
+		// The shift rule: pre = size before.
+		var st unix.Stat_t
+		if err := unix.Fstat(h.fd, &st); err != nil {
+			rep.Error(errno(err))
+			return
+		}
+		var pre [journal.PreWords]uint64
+		pre[0] = uint64(st.Size)
+		x.begin(&pre)
+		if x.res != nil && st.Size != int64(pre[0]) {
+			want := int64(pre[0]) + int64(in.Length)
+			if in.Mode&unix.FALLOC_FL_COLLAPSE_RANGE != 0 {
+				want = int64(pre[0]) - int64(in.Length)
+			}
+			if st.Size == want {
+				x.ok(rep, nil, nil)
+			} else {
+				x.fail(rep, unix.EIO) // changed by others too: never shift twice
+			}
+			return
+		}
+	}
+	err := unix.Fallocate(h.fd, in.Mode, int64(in.Offset), int64(in.Length))
+	crash(cpSyscall)
+	if err != nil {
+		x.fail(rep, errno(err))
 		return
 	}
-	rep.Ok()
+	x.ok(rep, nil, nil)
 }
 
-func (fs *FS) opLseek(req *fuse.Request, rep *fuse.Reply, arg []byte) {
+func (fs *FS) opLseek(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {
 	var in fuse.LseekIn
 	fuse.Parse(arg, &in)
 	if in.Offset > fuse.OffsetMax || in.Whence > unix.SEEK_HOLE {
@@ -350,7 +525,7 @@ func (fs *FS) opLseek(req *fuse.Request, rep *fuse.Reply, arg []byte) {
 // maxCopy bounds one COPY_FILE_RANGE: the reply's size field is 32 bits.
 const maxCopy = 1 << 30
 
-func (fs *FS) opCopyFileRange(req *fuse.Request, rep *fuse.Reply, arg []byte) {
+func (fs *FS) opCopyFileRange(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {
 	var in fuse.CopyFileRangeIn
 	fuse.Parse(arg, &in)
 	if in.OffIn > fuse.OffsetMax || in.OffOut > fuse.OffsetMax || in.Flags != 0 {
@@ -379,7 +554,7 @@ func (fs *FS) opCopyFileRange(req *fuse.Request, rep *fuse.Reply, arg []byte) {
 	rep.Ok(fuse.Bytes(&out))
 }
 
-func (fs *FS) opSyncfs(req *fuse.Request, rep *fuse.Reply, arg []byte) {
+func (fs *FS) opSyncfs(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {
 	in, eno := fs.getDir(req.NodeID)
 	if eno != 0 {
 		rep.Error(eno)
@@ -400,34 +575,41 @@ func (fs *FS) opSyncfs(req *fuse.Request, rep *fuse.Reply, arg []byte) {
 	rep.Ok()
 }
 
-func (fs *FS) opOpendir(req *fuse.Request, rep *fuse.Reply, arg []byte) {
+func (fs *FS) opOpendir(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {
 	in, eno := fs.getDir(req.NodeID)
 	if eno != 0 {
 		rep.Error(eno)
 		return
 	}
 	defer in.unpin()
+	var pre [journal.PreWords]uint64
+	x.begin(&pre)
+	if fh, ok := fs.resumedHandle(&x, req); ok {
+		out := fuse.OpenOut{Fh: fh, OpenFlags: fs.policy.dirFlags}
+		x.ok(rep, fuse.Bytes(&out), nil)
+		return
+	}
 	flags := unix.O_RDONLY | unix.O_DIRECTORY | unix.O_CLOEXEC
 	fd, err := openat(in.fd, dotName[:1], flags, 0)
 	if err != nil {
 		rep.Error(errno(err))
 		return
 	}
-	fh, eno := fs.newHandle(fd, req.NodeID, flags, true)
+	fh, eno := fs.newHandle(handleKey(&x, req.Queue, req.Head), fd, req.NodeID, flags, true)
 	if eno != 0 {
-		rep.Error(eno)
+		x.fail(rep, eno)
 		return
 	}
 	out := fuse.OpenOut{Fh: fh, OpenFlags: fs.policy.dirFlags}
-	rep.Ok(fuse.Bytes(&out))
+	x.ok(rep, fuse.Bytes(&out), nil)
 }
 
-func (fs *FS) opReaddir(req *fuse.Request, rep *fuse.Reply, arg []byte) {
-	fs.readdir(rep, arg, false)
+func (fs *FS) opReaddir(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {
+	fs.readdir(&x, rep, arg, false)
 }
 
-func (fs *FS) opReaddirplus(req *fuse.Request, rep *fuse.Reply, arg []byte) {
-	fs.readdir(rep, arg, true)
+func (fs *FS) opReaddirplus(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {
+	fs.readdir(&x, rep, arg, true)
 }
 
 // readdir answers READDIR(PLUS). Offsets are the host's getdents d_off
@@ -436,7 +618,7 @@ func (fs *FS) opReaddirplus(req *fuse.Request, rep *fuse.Reply, arg []byte) {
 // up (one guest reference each), except "." and "..", which carry nodeid 0
 // (no reference, the guest does not instantiate them); an entry that
 // vanished between getdents and lookup also goes out with nodeid 0.
-func (fs *FS) readdir(rep *fuse.Reply, arg []byte, plus bool) {
+func (fs *FS) readdir(x *txn, rep *fuse.Reply, arg []byte, plus bool) {
 	var in fuse.ReadIn
 	fuse.Parse(arg, &in)
 	if in.Offset > fuse.OffsetMax {
@@ -495,7 +677,7 @@ func (fs *FS) readdir(rep *fuse.Reply, arg []byte, plus bool) {
 					break
 				}
 				var e fuse.EntryOut
-				if isDots(name) || fs.lookupAt(h.fd, name, &e) != 0 {
+				if isDots(name) || fs.lookupAt(x, h.fd, name, &e) != 0 {
 					e = fuse.EntryOut{Attr: fuse.Attr{Ino: ino, Mode: uint32(typ) << 12}}
 				}
 				w = fuse.PutDirentplus(out[n:], &e, off, uint32(typ), name)

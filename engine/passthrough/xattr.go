@@ -1,11 +1,13 @@
 package passthrough
 
 import (
+	"bytes"
 	"strconv"
 
 	"golang.org/x/sys/unix"
 
 	"vfsd/engine/fuse"
+	"vfsd/engine/journal"
 )
 
 // Extended attributes. Regular files and directories get a real fd,
@@ -124,7 +126,7 @@ func (fs *FS) replySized(rep *fuse.Reply, size uint32, call func(dst []byte) (in
 	rep.Ok(s.buf[:n])
 }
 
-func (fs *FS) opGetxattr(req *fuse.Request, rep *fuse.Reply, arg []byte) {
+func (fs *FS) opGetxattr(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {
 	var g fuse.GetxattrIn
 	rest, _ := fuse.Parse(arg, &g)
 	name, _, eno := xattrName(rest)
@@ -137,7 +139,7 @@ func (fs *FS) opGetxattr(req *fuse.Request, rep *fuse.Reply, arg []byte) {
 	})
 }
 
-func (fs *FS) opListxattr(req *fuse.Request, rep *fuse.Reply, arg []byte) {
+func (fs *FS) opListxattr(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {
 	var g fuse.GetxattrIn
 	fuse.Parse(arg, &g)
 	fs.withXattr(req, rep, func(t xattrTarget, _ *inode) {
@@ -145,7 +147,7 @@ func (fs *FS) opListxattr(req *fuse.Request, rep *fuse.Reply, arg []byte) {
 	})
 }
 
-func (fs *FS) opSetxattr(req *fuse.Request, rep *fuse.Reply, arg []byte) {
+func (fs *FS) opSetxattr(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {
 	// SETXATTR_EXT widens fuse_setxattr_in from 8 to 16 bytes.
 	var s fuse.SetxattrIn
 	fixed := fuse.SetxattrInCompat
@@ -174,17 +176,30 @@ func (fs *FS) opSetxattr(req *fuse.Request, rep *fuse.Reply, arg []byte) {
 	}
 	val := rest[:s.Size]
 	fs.withXattr(req, rep, func(t xattrTarget, in *inode) {
-		if err := t.set(name, val, int(s.Flags)); err != nil {
-			rep.Error(errno(err))
+		var pre [journal.PreWords]uint64
+		x.begin(&pre)
+		err := t.set(name, val, int(s.Flags))
+		crash(cpSyscall)
+		if err == unix.EEXIST && x.res != nil && s.Flags&unix.XATTR_CREATE != 0 {
+			// The xcreate rule: the value we set before the crash is ours.
+			b := fs.getScratch()
+			n, gerr := t.get(name, b.buf[:fuse.XattrSizeMax])
+			if gerr == nil && bytes.Equal(b.buf[:n], val) {
+				err = nil
+			}
+			fs.putScratch(b)
+		}
+		if err != nil {
+			x.fail(rep, errno(err))
 			return
 		}
 		if s.SetxattrFlags&fuse.SetxattrACLKillSgid != 0 && name == "system.posix_acl_access" {
 			if eno := fs.clearSgid(in.fd); eno != 0 {
-				rep.Error(eno)
+				x.fail(rep, eno)
 				return
 			}
 		}
-		rep.Ok()
+		x.ok(rep, nil, nil)
 	})
 }
 
@@ -204,17 +219,24 @@ func (fs *FS) clearSgid(fd int) unix.Errno {
 	return 0
 }
 
-func (fs *FS) opRemovexattr(req *fuse.Request, rep *fuse.Reply, arg []byte) {
+func (fs *FS) opRemovexattr(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {
 	name, _, eno := xattrName(arg)
 	if eno != 0 {
 		rep.Error(eno)
 		return
 	}
 	fs.withXattr(req, rep, func(t xattrTarget, _ *inode) {
-		if err := t.remove(name); err != nil {
-			rep.Error(errno(err))
+		var pre [journal.PreWords]uint64
+		x.begin(&pre)
+		err := t.remove(name)
+		crash(cpSyscall)
+		if err == unix.ENODATA && x.res != nil {
+			err = nil // the xremove rule: removed before the crash
+		}
+		if err != nil {
+			x.fail(rep, errno(err))
 			return
 		}
-		rep.Ok()
+		x.ok(rep, nil, nil)
 	})
 }

@@ -1,0 +1,344 @@
+package passthrough
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"strconv"
+
+	"golang.org/x/sys/unix"
+
+	"vfsd/engine/fuse"
+	"vfsd/engine/journal"
+	"vfsd/maptable"
+)
+
+// Persistence across worker restarts.
+//
+// What survives, and where (see DESIGN.md §2):
+//   - the inode and handle maps: maptable memfds, fd store names
+//     InodesFDName and HandlesFDName;
+//   - the request journal and, in its header, the negotiated session:
+//     journal.FDName;
+//   - open file descriptions of handles (OPEN, CREATE, OPENDIR, TMPFILE):
+//     stored as "fh.<id>" (id in hex) when the handle is created, before its
+//     fh is answered, removed at RELEASE/RELEASEDIR;
+//   - O_PATH fds of inodes a file handle cannot reopen: no handle, another
+//     mount than the root's, or no link left (unlinked or TMPFILE while the
+//     guest references it): "ino.<id>", stored before the unlink that drops
+//     the last link (or at first reference), removed when FORGET frees the
+//     inode.
+//
+// All other inode fds are re-derived lazily: a restarted FS maps the tables
+// (maptable.Open repairs at most one torn operation, O(1)), and an inode or
+// handle is loaded from its record on first use (open_by_handle_at on the
+// root's mount for inodes, the store's fd for handles), so restart cost does
+// not depend on the number of inodes or handles.
+
+// Fd store names of the FS's state memfds.
+const (
+	InodesFDName  = "vfsd.inodes"
+	HandlesFDName = "vfsd.handles"
+)
+
+// FDStore keeps fds across worker restarts: *fdstore.Client implements it
+// (a nil client is a no-op store). Store must return only once the fds are
+// durable in the store (sendmsg returned).
+type FDStore interface {
+	Store(name string, fds ...int) error
+	Remove(name string) error
+}
+
+func inoName(id uint64) string { return "ino." + strconv.FormatUint(id, 16) }
+func fhName(id uint64) string  { return "fh." + strconv.FormatUint(id, 16) }
+
+// StoreErrors is the number of fd store calls that failed (those fds would
+// not survive a restart); for the worker to report.
+func (fs *FS) StoreErrors() uint64 { return fs.storeErrs.Load() }
+
+// takeFD takes the fd handed back under name (resume), or -1.
+func (fs *FS) takeFD(name string) int {
+	fs.rmu.Lock()
+	defer fs.rmu.Unlock()
+	fd, ok := fs.resumeFDs[name]
+	if !ok {
+		return -1
+	}
+	delete(fs.resumeFDs, name)
+	return fd
+}
+
+// keep puts in's O_PATH fd in the store (once) and marks its record.
+func (fs *FS) keep(in *inode) {
+	if fs.store == nil || in == fs.root {
+		return
+	}
+	fs.imu.RLock()
+	done := in.flags&recKept != 0 || in.dead.Load()
+	if !done {
+		in.pins.Add(1)
+	}
+	fs.imu.RUnlock()
+	if done {
+		return
+	}
+	defer in.unpin()
+	if err := fs.store.Store(inoName(uint64(in.tid)), in.fd); err != nil {
+		fs.storeErrs.Add(1)
+		return
+	}
+	crash(cpStore)
+	fs.imu.Lock()
+	if !in.dead.Load() {
+		in.flags |= recKept
+		fs.inodes.Update(in.tid, in.persist)
+	}
+	fs.imu.Unlock()
+}
+
+// keepIfLastLink keeps the fd of the inode with key k (if the guest knows
+// it) when st says the coming unlink/rename drops its last link.
+func (fs *FS) keepIfLastLink(st *unix.Statx_t) {
+	if fs.store == nil {
+		return
+	}
+	if !(st.Nlink <= 1 || uint32(st.Mode)&unix.S_IFMT == unix.S_IFDIR && st.Nlink <= 2) {
+		return
+	}
+	fs.imu.Lock()
+	in, _ := fs.knownLocked(keyOf(st), -1)
+	fs.imu.Unlock()
+	if in != nil {
+		fs.keep(in)
+	}
+}
+
+// parseInodeRec checks a record read from the (untrusted) map.
+func (fs *FS) parseInodeRec(rec []byte, in *inode) (fh unix.FileHandle, hasFh bool, ok bool) {
+	le := binary.LittleEndian
+	in.flags = le.Uint32(rec[recFlags:])
+	in.typ = le.Uint32(rec[recType:])
+	switch in.typ {
+	case unix.S_IFREG, unix.S_IFDIR, unix.S_IFLNK, unix.S_IFIFO, unix.S_IFSOCK, unix.S_IFCHR, unix.S_IFBLK:
+	default:
+		return fh, false, false
+	}
+	in.key = maptable.Key{le.Uint64(rec[recKey:]), le.Uint64(rec[recKey+8:]), le.Uint64(rec[recKey+16:])}
+	in.total = 0
+	for i := range in.cnt {
+		in.cnt[i] = int64(le.Uint64(rec[recCnt+8*i:]))
+		in.total += in.cnt[i]
+	}
+	n := le.Uint32(rec[recFhLen:])
+	if n > maxHandleSize {
+		return fh, false, false
+	}
+	if n > 0 {
+		fh = unix.NewFileHandle(int32(le.Uint32(rec[recFhType:])), rec[recFh:recFh+int(n)])
+		hasFh = true
+	}
+	return fh, hasFh, true
+}
+
+// recordOnlyLocked returns an inode for record id with counters but no fd
+// (fd -1), not installed: FORGET of an inode that can no longer be opened.
+// Precondition: fs.imu held for writing.
+func (fs *FS) recordOnlyLocked(id maptable.ID) *inode {
+	rec := make([]byte, fs.irec)
+	if fs.inodes.Get(id, rec) != nil {
+		return nil
+	}
+	in := fs.newInode(maptable.Key{}, 0, -1)
+	in.tid = id
+	if _, _, ok := fs.parseInodeRec(rec, in); !ok {
+		return nil
+	}
+	return in
+}
+
+// materializeLocked loads the inode of record id after a restart and
+// installs it. Its fd is fd when >= 0 (taken over only on success), else
+// the store's "ino.<id>", else open_by_handle_at on the root's mount. The
+// fd's inode must match the record's key (else ESTALE).
+// Precondition: fs.imu held for writing.
+func (fs *FS) materializeLocked(id maptable.ID, fd int) (*inode, unix.Errno) {
+	if int(id.Slot()) < len(fs.islots) {
+		if in := fs.islots[id.Slot()]; in != nil && in.tid == id {
+			return in, 0
+		}
+	}
+	rec := make([]byte, fs.irec)
+	if err := fs.inodes.Get(id, rec); err != nil {
+		return nil, unix.ESTALE
+	}
+	in := fs.newInode(maptable.Key{}, 0, -1)
+	in.tid = id
+	fh, hasFh, ok := fs.parseInodeRec(rec, in)
+	if !ok || in.key == fs.root.key {
+		return nil, unix.ESTALE
+	}
+	own := fd < 0
+	if own && in.flags&recKept != 0 {
+		fd = fs.takeFD(inoName(uint64(id)))
+	}
+	if fd < 0 && hasFh {
+		var err error
+		fd, err = unix.OpenByHandleAt(fs.root.fd, fh, unix.O_PATH|unix.O_CLOEXEC)
+		if err != nil {
+			fd = -1
+		}
+	}
+	if fd < 0 {
+		return nil, unix.ESTALE
+	}
+	var st unix.Statx_t
+	if err := statxFd(fd, &st); err != nil || keyOf(&st) != in.key || uint32(st.Mode)&unix.S_IFMT != in.typ {
+		if own {
+			unix.Close(fd)
+		}
+		return nil, unix.ESTALE
+	}
+	in.fd = fd
+	fs.installLocked(in)
+	return in, 0
+}
+
+// materializeHandleLocked loads the handle of record id after a restart,
+// with the fd the store handed back as "fh.<id>". EBADF when the record or
+// the fd is missing or they disagree.
+// Precondition: fs.hmu held for writing.
+func (fs *FS) materializeHandleLocked(id maptable.ID) (*handle, unix.Errno) {
+	if int(id.Slot()) < len(fs.hslots) {
+		if h := fs.hslots[id.Slot()]; h != nil && h.id == id {
+			return h, 0
+		}
+	}
+	var rec [handleRecSize]byte
+	if fs.handles.Get(id, rec[:]) != nil {
+		return nil, unix.EBADF
+	}
+	le := binary.LittleEndian
+	h := &handle{id: id, nodeid: le.Uint64(rec[0:]), flags: int(le.Uint32(rec[8:]))}
+	kind := le.Uint32(rec[12:])
+	if kind != kindFile && kind != kindDir {
+		return nil, unix.EBADF
+	}
+	fd := fs.takeFD(fhName(uint64(id)))
+	if fd < 0 {
+		return nil, unix.EBADF
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil || (st.Mode&unix.S_IFMT == unix.S_IFDIR) != (kind == kindDir) {
+		unix.Close(fd)
+		return nil, unix.EBADF
+	}
+	h.fd = fd
+	if kind == kindDir {
+		h.dir = &dirState{}
+	}
+	fs.installHandleLocked(h)
+	return h, 0
+}
+
+// Session record in the journal header (little-endian).
+const sessionRecSize = 32
+
+func encodeSession(b []byte, s *fuse.Session) {
+	le := binary.LittleEndian
+	le.PutUint32(b[0:], s.Major)
+	le.PutUint32(b[4:], s.Minor)
+	le.PutUint64(b[8:], s.Flags)
+	le.PutUint32(b[16:], s.MaxReadahead)
+	le.PutUint32(b[20:], s.MaxWrite)
+	le.PutUint16(b[24:], s.MaxPages)
+	if s.Initialized {
+		b[26] = 1
+	}
+}
+
+func decodeSession(b []byte) (fuse.Session, bool) {
+	if len(b) != sessionRecSize || b[26] > 1 {
+		return fuse.Session{}, false
+	}
+	le := binary.LittleEndian
+	s := fuse.Session{Major: le.Uint32(b[0:]), Minor: le.Uint32(b[4:]), Flags: le.Uint64(b[8:]),
+		MaxReadahead: le.Uint32(b[16:]), MaxWrite: le.Uint32(b[20:]), MaxPages: le.Uint16(b[24:]),
+		Initialized: b[26] == 1}
+	if s.Initialized && (s.Major != fuse.KernelVersion || s.Minor < minMinor || s.MaxWrite == 0 || s.MaxWrite > maxWrite) {
+		return fuse.Session{}, false
+	}
+	return s, true
+}
+
+// openState creates (fresh) or maps (resume) the state memfds.
+func (fs *FS) openState(o *Options) error {
+	if o.Resume == nil {
+		var err error
+		if fs.inodes, err = maptable.Create("vfsd-inodes", o.MaxInodes, fs.irec); err != nil {
+			return fmt.Errorf("inode map: %w", err)
+		}
+		if fs.handles, err = maptable.Create("vfsd-handles", o.MaxHandles, handleRecSize); err != nil {
+			return fmt.Errorf("handle map: %w", err)
+		}
+		if fs.journal, err = journal.Create(o.Queues, o.QueueSize); err != nil {
+			return fmt.Errorf("journal: %w", err)
+		}
+		return nil
+	}
+	fs.resumeFDs = o.Resume
+	get := func(name string) (int, error) {
+		fd := fs.takeFD(name)
+		if fd < 0 {
+			return -1, fmt.Errorf("resume: no fd %q handed back", name)
+		}
+		return fd, nil
+	}
+	open := func(name string, vsize int) (*maptable.Table, error) {
+		fd, err := get(name)
+		if err != nil {
+			return nil, err
+		}
+		defer unix.Close(fd)
+		t, err := maptable.Open(fd)
+		if err != nil {
+			return nil, fmt.Errorf("resume %s: %w", name, err)
+		}
+		if t.ValueSize() != vsize {
+			t.Close()
+			return nil, fmt.Errorf("resume %s: record size %d, want %d: %w", name, t.ValueSize(), vsize, maptable.ErrCorrupt)
+		}
+		return t, nil
+	}
+	fd, err := get(journal.FDName)
+	if err != nil {
+		return err
+	}
+	fs.journal, err = journal.Map(fd)
+	unix.Close(fd)
+	if err != nil {
+		return fmt.Errorf("resume journal: %w", err)
+	}
+	// The journal's geometry is the previous worker's; records carry one
+	// counter per queue it had.
+	fs.nq = fs.journal.Queues()
+	fs.irec = recCnt + 8*fs.nq
+	if fs.inodes, err = open(InodesFDName, fs.irec); err != nil {
+		return err
+	}
+	if fs.handles, err = open(HandlesFDName, handleRecSize); err != nil {
+		return err
+	}
+	fs.lazy = true
+	return nil
+}
+
+// storeState hands the new state memfds to the store (fresh start).
+func (fs *FS) storeState() error {
+	if fs.store == nil {
+		return nil
+	}
+	return errors.Join(
+		fs.store.Store(InodesFDName, fs.inodes.FD()),
+		fs.store.Store(HandlesFDName, fs.handles.FD()),
+		fs.store.Store(journal.FDName, fs.journal.FD()))
+}
