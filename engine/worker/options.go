@@ -33,6 +33,13 @@ type Options struct {
 	RequestQueues int    // request virtqueues besides hiprio, 1..MaxRequestQueues
 	PoolSize      int    // goroutines for blocking requests, 1..MaxPoolSize
 
+	// Supervised: this worker is a child of engine/supervisor (vfsd's
+	// default mode): the connection is ConnFD, state memfds and open fds go
+	// to the fd store (VFSD_NOTIFY_FD), and stored fds come back as
+	// LISTEN_FDS. Resume: a predecessor died or was upgraded
+	// (VFSD_RESUME=1): take its state back and resume the rings.
+	Supervised, Resume bool
+
 	Logger *slog.Logger // nil means slog.Default()
 }
 
@@ -60,6 +67,12 @@ func (o *Options) Validate() error {
 		return errors.New("no vhost-user socket: give --socket-path or --fd")
 	case n > 1:
 		return errors.New("give only one of --socket-path, --fd and --vhost-fd")
+	}
+	if o.Supervised && o.ConnFD < 0 {
+		return errors.New("a supervised worker needs --vhost-fd")
+	}
+	if o.Resume && !o.Supervised {
+		return errors.New("resume needs a supervisor")
 	}
 	if o.SocketGroup != "" && o.SocketPath == "" {
 		return errors.New("--socket-group needs --socket-path")

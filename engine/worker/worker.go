@@ -12,6 +12,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"vfsd/engine/dataplane"
+	"vfsd/engine/fdstore"
+	"vfsd/engine/journal"
 	"vfsd/engine/passthrough"
 	"vfsd/engine/vhostuser"
 )
@@ -109,7 +111,11 @@ func Run(ctx context.Context, o Options) error {
 	if log == nil {
 		log = slog.Default()
 	}
-	fs, err := passthrough.New(passthrough.Options{Root: o.SharedDir, Cache: o.Cache, Xattr: true})
+	if o.Supervised {
+		return runSupervised(ctx, o, log)
+	}
+	fs, err := passthrough.New(passthrough.Options{Root: o.SharedDir, Cache: o.Cache, Xattr: true,
+		Queues: journalQueues(o.RequestQueues)})
 	if err != nil {
 		return fmt.Errorf("shared directory %s: %w", o.SharedDir, err)
 	}
@@ -137,7 +143,7 @@ func Run(ctx context.Context, o Options) error {
 			return ignoreCancel(err)
 		}
 	}
-	return serve(ctx, conn, fs, o, log)
+	return serve(ctx, conn, fs, o, log, nil)
 }
 
 func ignoreCancel(err error) error {
@@ -147,8 +153,12 @@ func ignoreCancel(err error) error {
 	return err
 }
 
-// serve runs the device on the connected socket fd (taking ownership).
-func serve(ctx context.Context, fd int, fs *passthrough.FS, o Options, log *slog.Logger) error {
+// journalQueues is the number of rings the filesystem's journal covers.
+func journalQueues(requestQueues int) int { return min(1+requestQueues, journal.MaxQueues) }
+
+// serve runs the device on the connected socket fd (taking ownership). st,
+// when not nil, is the persistent ring state of a supervised worker.
+func serve(ctx context.Context, fd int, fs *passthrough.FS, o Options, log *slog.Logger, st *state) error {
 	c, err := vhostuser.NewConn(fd)
 	if err != nil {
 		unix.Close(fd)
@@ -162,18 +172,27 @@ func serve(ctx context.Context, fd int, fs *passthrough.FS, o Options, log *slog
 	defer dp.Close()
 	var h any = fs
 	cancel, _ := h.(canceller)
-	dev, err := vhostuser.NewDevice(vhostuser.Options{
+	do := vhostuser.Options{
 		Backend: dp, RequestQueues: o.RequestQueues, Logger: log,
 		Disconnect: func() {
 			if cancel != nil {
 				cancel.CancelWaits()
 			}
 		},
-	})
+	}
+	if st != nil {
+		do.Inflight, do.Rings, do.Resume = st.infl, st, o.Resume
+	}
+	dev, err := vhostuser.NewDevice(do)
 	if err != nil {
 		return err
 	}
-	log.Info("vhost-user frontend connected", "queues", dev.NumQueues())
+	log.Info("vhost-user frontend connected", "queues", dev.NumQueues(), "resume", o.Resume)
+	if st != nil {
+		if err := fdstore.Ready(); err != nil {
+			log.Warn("notify READY=1", "err", err)
+		}
+	}
 	stop := context.AfterFunc(ctx, func() { c.Shutdown() })
 	defer stop()
 	return dev.Serve(c)
