@@ -95,6 +95,9 @@ type FS struct {
 	opts   Options
 	policy cachePolicy
 	procfd int // O_PATH to /proc/self/fd, for re-opening O_PATH fds
+	// mountfd is the root opened O_RDONLY: open_by_handle_at's mount fd
+	// (it refuses O_PATH fds).
+	mountfd int
 	euid   uint32
 	egid   uint32
 
@@ -172,7 +175,7 @@ func New(o Options) (*FS, error) {
 	if o.QueueSize <= 0 {
 		o.QueueSize = 1024
 	}
-	fs := &FS{opts: o, policy: pol, procfd: -1, byKey: make(map[maptable.Key]*inode),
+	fs := &FS{opts: o, policy: pol, procfd: -1, mountfd: -1, byKey: make(map[maptable.Key]*inode),
 		euid: uint32(unix.Geteuid()), egid: uint32(unix.Getegid()), store: o.FDStore,
 		nq: o.Queues, irec: recCnt + 8*o.Queues}
 	fs.bufs.New = func() any {
@@ -201,6 +204,9 @@ func New(o Options) (*FS, error) {
 	}
 	fs.root = &inode{key: keyOf(&st), typ: unix.S_IFDIR}
 	fs.root.fd = rootfd
+	if fs.mountfd, err = openat(rootfd, dotName[:1], unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err != nil {
+		return fail("open root", err)
+	}
 	if err := fs.openState(&o); err != nil {
 		return fail("state", err)
 	}
@@ -286,6 +292,10 @@ func (fs *FS) Close() error {
 	if fs.procfd >= 0 {
 		unix.Close(fs.procfd)
 		fs.procfd = -1
+	}
+	if fs.mountfd >= 0 {
+		unix.Close(fs.mountfd)
+		fs.mountfd = -1
 	}
 	if fs.inodes != nil {
 		errs = append(errs, fs.inodes.Close())

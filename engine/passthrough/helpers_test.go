@@ -58,9 +58,19 @@ type tfs struct {
 	out    []byte
 	req    fuse.Request
 	rep    fuse.Reply
+	// queue, head and resumed go into every request (journal slot).
+	queue   int
+	head    uint16
+	resumed bool
 }
 
 func newTFS(t testing.TB, o Options) *tfs {
+	t.Helper()
+	return openTFS(t, o, true)
+}
+
+// openTFS is newTFS; without init it sends no INIT (a resumed FS).
+func openTFS(t testing.TB, o Options, init bool) *tfs {
 	t.Helper()
 	runtime.LockOSThread() // Handle switches fsuid on the calling thread
 	if o.Root == "" {
@@ -87,6 +97,9 @@ func newTFS(t testing.TB, o Options) *tfs {
 		}
 		runtime.UnlockOSThread()
 	})
+	if !init {
+		return c
+	}
 	in := fuse.InitIn{Major: 7, Minor: 38, MaxReadahead: 1 << 17,
 		Flags: uint32(offered | fuse.FlagWritebackCache), Flags2: uint32(uint64(offered) >> 32)}
 	if e, _ := c.call(fuse.OpInit, 0, fuse.Bytes(&in)); e != 0 {
@@ -124,6 +137,7 @@ func (c *tfs) callOut(outLen int, op uint32, nodeid uint64, args ...[]byte) (uni
 	if err := c.req.Decode(in); err != nil {
 		panic(err)
 	}
+	c.req.Queue, c.req.Head, c.req.Resumed = c.queue, c.head, c.resumed
 	out := c.out[:outLen]
 	clear(out)
 	c.rep.Reset(fuse.Scatter{out[:min(outLen, 5)], out[min(outLen, 5):]}, c.unique)

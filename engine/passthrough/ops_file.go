@@ -227,7 +227,24 @@ func (fs *FS) resumedCreated(x *txn, hflags int) int {
 	}
 	fs.imu.Lock()
 	in, _ := fs.knownLocked(x.res.Ref.Key, -1)
-	if in == nil || !x.counted(in, in.key) || in.typ != unix.S_IFREG {
+	if in == nil {
+		// Counted but unreachable (a TMPFILE whose fd died with the
+		// worker): drop that reference, the guest never got it.
+		if id, ok := fs.inodes.Lookup(x.res.Ref.Key); ok {
+			if rin := fs.recordOnlyLocked(id); rin != nil && x.counted(rin, rin.key) {
+				rin.cnt[x.q]--
+				rin.total--
+				if rin.total > 0 {
+					fs.inodes.Update(id, rin.persist)
+				} else {
+					fs.inodes.Delete(id)
+				}
+			}
+		}
+		fs.imu.Unlock()
+		return -1
+	}
+	if !x.counted(in, in.key) || in.typ != unix.S_IFREG {
 		fs.imu.Unlock()
 		return -1
 	}

@@ -178,12 +178,19 @@ func (fs *FS) materializeLocked(id maptable.ID, fd int) (*inode, unix.Errno) {
 		return nil, unix.ESTALE
 	}
 	own := fd < 0
-	if own && in.flags&recKept != 0 {
-		fd = fs.takeFD(inoName(uint64(id)))
+	// Also without recKept: a crash may have come between the store and
+	// the flag.
+	if sfd := fs.takeFD(inoName(uint64(id))); sfd >= 0 {
+		in.flags |= recKept
+		if own {
+			fd = sfd
+		} else {
+			unix.Close(sfd)
+		}
 	}
 	if fd < 0 && hasFh {
 		var err error
-		fd, err = unix.OpenByHandleAt(fs.root.fd, fh, unix.O_PATH|unix.O_CLOEXEC)
+		fd, err = unix.OpenByHandleAt(fs.mountfd, fh, unix.O_PATH|unix.O_CLOEXEC)
 		if err != nil {
 			fd = -1
 		}
@@ -199,6 +206,15 @@ func (fs *FS) materializeLocked(id maptable.ID, fd int) (*inode, unix.Errno) {
 		return nil, unix.ESTALE
 	}
 	in.fd = fd
+	if in.flags&recKept == 0 && fs.store != nil && (st.Nlink == 0 || !hasFh) {
+		// Reachable now (an fd kept it alive), not after the next restart.
+		if fs.store.Store(inoName(uint64(id)), fd) == nil {
+			in.flags |= recKept
+		}
+	}
+	if in.flags&recKept != 0 {
+		fs.inodes.Update(in.tid, in.persist)
+	}
 	fs.installLocked(in)
 	return in, 0
 }
