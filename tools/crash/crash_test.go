@@ -231,8 +231,8 @@ func finishWorkload(t *testing.T, e *Env, wl *workload) bool {
 	return len(errs) == 0
 }
 
-// TestRandomKills: the mixed workload on 3 request queues (20 clients each,
-// one request at a time per client, so up to 20 in flight per queue) while
+// TestRandomKills: the mixed workload on 3 request queues (26 clients each,
+// one request at a time per client, so up to 26 in flight per queue) while
 // the worker is SIGKILLed at random moments: most kills wait for the
 // successor to serve, every eighth hits a worker that is still resuming.
 func TestRandomKills(t *testing.T) {
@@ -243,7 +243,7 @@ func TestRandomKills(t *testing.T) {
 	xattrs := hostXattrs(t, e.Dir)
 	baseSup, baseWrk := e.fdBaseline(ctx)
 
-	wl, err := newWorkload(ctx, e, 60, sd, xattrs)
+	wl, err := newWorkload(ctx, e, 78, sd, xattrs)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -733,7 +733,7 @@ func TestWorkloadNoKills(t *testing.T) {
 	sd := seed(t)
 	e := Start(t, Options{RequestQueues: 3, Depth: 32, Timeout: 90 * time.Second})
 	ctx := e.Ctx
-	wl, err := newWorkload(ctx, e, 60, sd, hostXattrs(t, e.Dir))
+	wl, err := newWorkload(ctx, e, 78, sd, hostXattrs(t, e.Dir))
 	if err != nil {
 		t.Fatal(err)
 	}

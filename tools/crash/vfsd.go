@@ -46,6 +46,9 @@ type Options struct {
 // times on purpose.
 const BigBudget = 1000000
 
+// BigBudgetWindow is the --restart-window that goes with BigBudget.
+const BigBudgetWindow = 500 * time.Millisecond
+
 // Env is one supervised vfsd on one temporary share.
 type Env struct {
 	T      testing.TB
@@ -78,10 +81,13 @@ func Binary() (string, error) {
 // CommonArgs returns the vfsd arguments every daemon here gets besides the
 // socket, the share and the cache mode: the crash budget and $VFSD_CRASH_ARGS.
 func CommonArgs(maxRestarts int) []string {
-	if maxRestarts == 0 {
-		maxRestarts = BigBudget
-	}
 	a := []string{"--max-restarts=" + strconv.Itoa(maxRestarts)}
+	if maxRestarts == 0 {
+		// Hundreds of kills on purpose: a budget they cannot exhaust, and a
+		// short window so that the restart backoff (which doubles with each
+		// death in the window, up to 1s) stays in milliseconds.
+		a = []string{"--max-restarts=" + strconv.Itoa(BigBudget), "--restart-window=" + BigBudgetWindow.String()}
+	}
 	return append(a, strings.Fields(os.Getenv("VFSD_CRASH_ARGS"))...)
 }
 
@@ -357,7 +363,6 @@ func (e *Env) CheckAlive() error {
 	}
 	return nil
 }
-
 
 func tail(s string, n int) string {
 	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
