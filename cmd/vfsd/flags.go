@@ -8,7 +8,9 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
+	"time"
 
+	"vfsd/engine/supervisor"
 	"vfsd/engine/worker"
 )
 
@@ -18,9 +20,22 @@ type config struct {
 	LogLevel  slog.Level
 	PrintCaps bool
 	Help      bool
+
+	// Supervisor mode (the default): the process that holds the frontend
+	// connection and restarts the worker.
+	NoSupervisor  bool
+	MaxRestarts   int
+	RestartWindow time.Duration
+	ControlSocket string // "" with --socket-path: <socket-path>.ctl
 }
 
 const usageText = `usage: vfsd --socket-path=PATH|--fd=N --shared-dir=DIR [options]
+       vfsd status|upgrade --socket-path=PATH|--control-socket=PATH
+
+By default vfsd runs as a supervisor that keeps the vhost-user connection
+and serves it through a worker process; a worker that dies is replaced and
+resumes where it stopped, without the frontend noticing. SIGHUP (or
+"vfsd upgrade") replaces the worker with the binary now on disk.
 
   --socket-path=PATH       listen on this vhost-user unix socket (one connection)
   --fd=N                   use the already listening socket fd N instead
@@ -36,6 +51,13 @@ const usageText = `usage: vfsd --socket-path=PATH|--fd=N --shared-dir=DIR [optio
                            (default 64; 0 is taken as 1)
   --num-request-queues=N   request virtqueues offered (default 1)
   --log-level=LEVEL        error, warn, info (default) or debug
+  --no-supervisor          serve in this one process (no restarts)
+  --max-restarts=N         crash budget: give up after more than N worker
+                           deaths within --restart-window (default 10)
+  --restart-window=D       the crash budget's window (default 60s)
+  --control-socket=PATH    control socket answering "status" and "upgrade"
+                           (default PATH.ctl with --socket-path; none with
+                           --fd)
   --print-capabilities     print the vhost-user backend JSON and exit
   -o OPT[,OPT...]          virtiofsd options: source=DIR, cache=MODE,
                            log_level=LEVEL, thread_pool_size=N; xattr,
@@ -54,7 +76,8 @@ const capabilities = `{
 
 // parseArgs parses the command line (without the program name).
 func parseArgs(args []string) (config, error) {
-	c := config{Options: worker.DefaultOptions(), LogLevel: slog.LevelInfo}
+	c := config{Options: worker.DefaultOptions(), LogLevel: slog.LevelInfo,
+		MaxRestarts: supervisor.DefaultMaxRestarts, RestartWindow: supervisor.DefaultRestartWindow}
 	fs := flag.NewFlagSet("vfsd", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	fs.Usage = func() {}
@@ -79,6 +102,17 @@ func parseArgs(args []string) (config, error) {
 	intFlag("num-request-queues", &c.RequestQueues, 1)
 	fs.Func("log-level", "", func(s string) error { return c.setLevel(s) })
 	fs.BoolVar(&c.PrintCaps, "print-capabilities", false, "")
+	fs.BoolVar(&c.NoSupervisor, "no-supervisor", false, "")
+	intFlag("max-restarts", &c.MaxRestarts, 1)
+	fs.Func("restart-window", "", func(s string) error {
+		d, err := time.ParseDuration(s)
+		if err != nil || d <= 0 {
+			return errors.New("want a positive duration such as 60s")
+		}
+		c.RestartWindow = d
+		return nil
+	})
+	fs.StringVar(&c.ControlSocket, "control-socket", "", "")
 	fs.BoolVar(&c.Help, "h", false, "")
 	fs.BoolVar(&c.Help, "help", false, "")
 	fs.Func("o", "", func(s string) error { return c.setOptions(s) })
@@ -162,4 +196,40 @@ func (c *config) setOptions(list string) error {
 		}
 	}
 	return nil
+}
+
+// levelName is the --log-level spelling of l.
+func levelName(l slog.Level) string {
+	switch {
+	case l <= slog.LevelDebug:
+		return "debug"
+	case l <= slog.LevelInfo:
+		return "info"
+	case l <= slog.LevelWarn:
+		return "warn"
+	}
+	return "error"
+}
+
+// workerArgs is the worker's command line (the supervisor appends
+// --vhost-fd=N): the validated options that concern serving.
+func (c *config) workerArgs() []string {
+	return []string{"worker",
+		"--shared-dir=" + c.SharedDir,
+		"--cache=" + c.Cache,
+		"--thread-pool-size=" + strconv.Itoa(c.PoolSize),
+		"--num-request-queues=" + strconv.Itoa(c.RequestQueues),
+		"--log-level=" + levelName(c.LogLevel),
+	}
+}
+
+// controlPath is the control socket of a supervisor ("" for none).
+func (c *config) controlPath() string {
+	if c.ControlSocket != "" {
+		return c.ControlSocket
+	}
+	if c.SocketPath != "" {
+		return c.SocketPath + ".ctl"
+	}
+	return ""
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -9,6 +10,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"vfsd/engine/supervisor"
 	"vfsd/engine/worker"
 )
 
@@ -18,9 +20,20 @@ func main() {
 
 // run is main with its streams, returning the exit status.
 func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 {
+		switch args[0] {
+		case "worker":
+			return runWorker(args[1:], stderr)
+		case "status", "upgrade":
+			return runControlClient(args[0], args[1:], stdout, stderr)
+		}
+	}
 	c, err := parseArgs(args)
 	if err == nil && !c.Help && !c.PrintCaps {
 		err = c.Validate()
+	}
+	if err == nil && c.ConnFD >= 0 && !c.NoSupervisor {
+		err = errors.New("--vhost-fd needs --no-supervisor (it is the worker's)")
 	}
 	switch {
 	case err != nil:
@@ -36,8 +49,48 @@ func run(args []string, stdout, stderr io.Writer) int {
 	c.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: c.LogLevel}))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	if !c.NoSupervisor {
+		return runSupervisor(ctx, c, stderr)
+	}
 	if err := worker.Run(ctx, c.Options); err != nil {
 		c.Logger.Error("vfsd failed", "err", err)
+		return 1
+	}
+	return 0
+}
+
+// runWorker is the hidden "vfsd worker ... --vhost-fd=N" subcommand the
+// supervisor starts (engine/supervisor's worker interface).
+func runWorker(args []string, stderr io.Writer) int {
+	c, err := parseArgs(args)
+	if err == nil && c.ConnFD < 0 {
+		err = errors.New("worker: --vhost-fd is required")
+	}
+	if err == nil {
+		c.Supervised = true
+		c.Resume = os.Getenv(supervisor.EnvResume) == "1"
+		err = c.Validate()
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "vfsd worker: %v\n", err)
+		return 2
+	}
+	c.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: c.LogLevel})).
+		With("worker", os.Getpid())
+	// The supervisor ends a worker with SIGTERM (upgrade, shutdown) and
+	// SIGKILL after a grace period. Exiting at once is safe at any
+	// instruction (that is the point of the design), and the successor
+	// resumes the rings exactly as after a crash. SIGINT from a terminal
+	// is the supervisor's to handle.
+	signal.Ignore(syscall.SIGINT)
+	term := make(chan os.Signal, 1)
+	signal.Notify(term, syscall.SIGTERM)
+	go func() {
+		<-term
+		os.Exit(0)
+	}()
+	if err := worker.Run(context.Background(), c.Options); err != nil {
+		c.Logger.Error("worker failed", "err", err)
 		return 1
 	}
 	return 0

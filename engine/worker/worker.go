@@ -71,8 +71,10 @@ func lookupGroup(name string) (int, error) {
 	return 0, fmt.Errorf("unknown group")
 }
 
-// acceptOne waits for one connection on lfd; cancelling ctx ends the wait.
-func acceptOne(ctx context.Context, lfd int) (int, error) {
+// AcceptOne waits for one connection on the listening socket lfd and
+// returns it (close-on-exec); cancelling ctx ends the wait with ctx.Err().
+// It does not close lfd.
+func AcceptOne(ctx context.Context, lfd int) (int, error) {
 	stop := context.AfterFunc(ctx, func() { unix.Shutdown(lfd, unix.SHUT_RDWR) })
 	defer stop()
 	for {
@@ -130,14 +132,14 @@ func Run(ctx context.Context, o Options) error {
 		}
 		defer os.Remove(o.SocketPath)
 		log.Info("waiting for a vhost-user connection", "socket", o.SocketPath)
-		conn, err = acceptOne(ctx, lfd)
+		conn, err = AcceptOne(ctx, lfd)
 		unix.Close(lfd)
 		if err != nil {
 			return ignoreCancel(err)
 		}
 	case o.ListenFD >= 0:
 		log.Info("waiting for a vhost-user connection", "fd", o.ListenFD)
-		conn, err = acceptOne(ctx, o.ListenFD)
+		conn, err = AcceptOne(ctx, o.ListenFD)
 		unix.Close(o.ListenFD)
 		if err != nil {
 			return ignoreCancel(err)

@@ -1,0 +1,109 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"vfsd/engine/fdstore"
+	"vfsd/engine/supervisor"
+	"vfsd/engine/worker"
+)
+
+// runSupervisor is the default mode: listen, accept one frontend, and keep
+// it across worker deaths with engine/supervisor. It exits 0 when the
+// frontend disconnects (or on SIGINT/SIGTERM), 1 when the crash budget is
+// spent or the frontend breaks the protocol.
+func runSupervisor(ctx context.Context, c config, stderr io.Writer) int {
+	log := c.Logger.With("supervisor", os.Getpid())
+	fail := func(err error) int {
+		log.Error("vfsd failed", "err", err)
+		return 1
+	}
+	lfd := c.ListenFD
+	if c.SocketPath != "" {
+		var err error
+		if lfd, err = worker.Listen(c.Options); err != nil {
+			return fail(err)
+		}
+		defer os.Remove(c.SocketPath)
+	}
+	ctl, err := newControl(c.controlPath(), log)
+	if err != nil {
+		unix.Close(lfd)
+		return fail(err)
+	}
+	defer ctl.close()
+
+	// Under systemd, the fd store is mirrored to PID 1 and fds it handed
+	// back are adopted (engine/fdstore, "Forwarding to systemd").
+	upstream, err := fdstore.FromEnv(true)
+	if err != nil {
+		log.Warn("systemd notify socket unusable; continuing without it", "err", err)
+		upstream = nil
+	}
+	var restored []fdstore.NamedFD
+	if upstream != nil {
+		if handed, err := fdstore.ListenFDs(true); err != nil {
+			log.Warn("fds handed back by systemd", "err", err)
+		} else {
+			restored, _ = fdstore.SplitUpstream(handed)
+		}
+	}
+
+	log.Info("waiting for a vhost-user connection", "socket", c.SocketPath, "fd", c.ListenFD, "control", c.controlPath())
+	conn, err := worker.AcceptOne(ctx, lfd)
+	unix.Close(lfd)
+	if err != nil {
+		for _, f := range restored {
+			unix.Close(f.FD)
+		}
+		if errors.Is(err, context.Canceled) {
+			return 0
+		}
+		return fail(err)
+	}
+	if c.SocketPath != "" {
+		// One connection, like virtiofsd: nobody else may connect.
+		os.Remove(c.SocketPath)
+	}
+	var errFile *os.File
+	if f, ok := stderr.(*os.File); ok {
+		errFile = f
+	}
+	s, err := supervisor.New(supervisor.Config{
+		FrontendFD: conn, WorkerArgs: c.workerArgs(),
+		Stdout: errFile, Stderr: errFile,
+		MaxRestarts: c.MaxRestarts, RestartWindow: c.RestartWindow,
+		Upstream: upstream, Restored: restored, Logger: log,
+	})
+	if err != nil {
+		return fail(err)
+	}
+	ctl.attach(s)
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for range hup {
+			log.Info("SIGHUP: upgrading the worker")
+			if err := s.Upgrade(); err != nil {
+				log.Error("upgrade failed", "err", err)
+			}
+		}
+	}()
+	if err := s.Run(ctx); err != nil {
+		if errors.Is(err, supervisor.ErrBudgetExhaust) {
+			fmt.Fprintf(stderr, "vfsd: %v\n", err)
+			return 1
+		}
+		return fail(err)
+	}
+	return 0
+}
