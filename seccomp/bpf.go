@@ -348,8 +348,11 @@ func (a *asm) assemble() ([]unix.SockFilter, error) {
 		case in.code == unix.BPF_JMP|unix.BPF_JA:
 			f.K = uint32(addr[in.target] - pc - 1)
 		case isCond(in.code):
-			f.Jt = uint8(rel(addr, in.jt, pc))
-			f.Jf = uint8(rel(addr, in.jf, pc))
+			jt, jf := rel(addr, in.jt, pc), rel(addr, in.jf, pc)
+			if jt > 255 || jf > 255 {
+				return nil, fmt.Errorf("seccomp: internal error: jump of %d/%d at %d after widening", jt, jf, pc)
+			}
+			f.Jt, f.Jf = uint8(jt), uint8(jf)
 		}
 		out = append(out, f)
 	}
