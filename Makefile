@@ -89,15 +89,29 @@ $(INITRAMFS): $(KERNEL_DIR)/release tools/guest/init tools/guest/mkinitramfs.sh
 
 # --- tests -----------------------------------------------------------------
 
+# Both halves run even when the first fails; the exit status is a failure if
+# either failed. Skipped tests are listed at the end (never silent).
 test: deps
-	$(MAKE) test-unit
-	$(MAKE) test-guest
+	@rc=0; \
+	$(MAKE) --no-print-directory test-unit || rc=1; \
+	$(MAKE) --no-print-directory test-guest || rc=2$$rc; \
+	echo; echo "==== make test summary"; \
+	grep -h -- '--- SKIP' $(BUILD)/test-unit.log $(BUILD)/test-guest.log 2>/dev/null | sed 's/^ */skipped: /' || true; \
+	case $$rc in \
+	0) echo "make test: PASS (unit, host end-to-end and guest tests)";; \
+	1) echo "make test: FAIL in test-unit (guest tests passed)";; \
+	2*) echo "make test: FAIL in test-guest$$( [ $$rc = 21 ] && echo ' and test-unit')";; \
+	esac; \
+	[ $$rc = 0 ]
 
-# Unit and host end-to-end tests. The guest boot test in tools/guest skips here
-# (VFSD_GUEST_BOOT=0, it says so) because test-guest runs it right after.
+# Unit and host end-to-end tests. The guest boot tests in tools/guest skip here
+# (VFSD_GUEST_BOOT=0, they say so) because test-guest runs them right after.
+UNIT_TIMEOUT ?= 10m
 test-unit:
+	@mkdir -p $(BUILD)
 	$(GO) vet ./...
-	VFSD_GUEST_BOOT=0 $(GO) test ./...
+	$(GO) build -o $(BUILD)/testsum ./.ci/testsum
+	VFSD_GUEST_BOOT=0 $(GO) test -json -timeout $(UNIT_TIMEOUT) ./... 2>&1 | $(BUILD)/testsum -log $(BUILD)/test-unit.log
 
 # The guest tests (TestGuest: the full step list; TestGuestWorkerCrash: vfsd's
 # worker killed during I/O). VFSD_GUEST_REQUIRED=1 turns a missing kernel,
@@ -110,7 +124,7 @@ test-guest: initramfs
 	VFSD_GUEST_DAEMON=$(DAEMON) VFSD_BIN=$(abspath $(VFSD_BIN)) \
 	VFSD_GUEST_KERNEL=$(abspath $(KERNEL_DIR)/vmlinuz) VFSD_GUEST_INITRAMFS=$(abspath $(INITRAMFS)) \
 	VFSD_GUEST_REQUIRED=1 \
-		$(GO) test -count=1 -v -timeout $(GUEST_TIMEOUT) -run 'TestGuest' ./tools/guest
+		$(GO) test -count=1 -v -timeout $(GUEST_TIMEOUT) -run 'TestGuest' ./tools/guest 2>&1 | tee $(BUILD)/test-guest.log
 
 # The same guest tests against the reference daemon, to tell a rig problem from a vfsd one.
 test-guest-ref:
