@@ -374,7 +374,7 @@ func TestCrashPoints(t *testing.T) {
 				Env: map[string]string{"VFSD_CRASHPOINT": spec}})
 			ctx := e.Ctx
 			xattrs := hostXattrs(t, e.Dir)
-			wl, err := newWorkload(ctx, e, 24, sd, xattrs)
+			wl, err := newWorkload(ctx, e, 32, sd, xattrs)
 			if err != nil {
 				t.Fatalf("setup with %s: %v", spec, err)
 			}
