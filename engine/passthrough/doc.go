@@ -6,9 +6,9 @@
 //
 // A host inode is identified by (st_dev, st_ino, mount id). The FS keeps one
 // O_PATH|O_NOFOLLOW fd per inode the guest knows, and a persistent record in
-// a maptable (nlookup, key, file handle from name_to_handle_at when the host
-// filesystem has one); the record's ID is the nodeid, so a stale nodeid
-// answers ESTALE and never names another file. Nodeid 1 is the shared
+// a maptable (per-queue lookup counters, key, file handle from
+// name_to_handle_at when the host filesystem has one); the record's ID is
+// the nodeid, so a stale nodeid answers ESTALE and never names another file. Nodeid 1 is the shared
 // directory's root. Open files and directories are handles in a second
 // maptable (fh = ID; a bad fh answers EBADF). fds live in in-memory arrays
 // indexed by slot; they cannot live in a memfd.
@@ -28,12 +28,27 @@
 // Blocking opcodes run on helper goroutines. Lock order (outer first):
 //
 //	dirState.mu (one READDIR per dir handle)
-//	  FS.imu (inode slots, key index, nlookup)  |  FS.hmu (handle slots)
-//	    maptable's lock
+//	  FS.imu (inode slots, key index, counters)  |  FS.hmu (handle slots)
+//	    maptable's lock, FS.rmu (fds handed back on resume)
 //	FS.smu, lockState.mu: leaves
+//
+// The journal takes no lock: a slot is written only by the owner of its
+// head (see engine/journal). Lookup counters are per queue and a queue's
+// counter changes only on that queue's thread (under FS.imu as well).
 //
 // fds are reference-counted by pins (fdRef) so that FORGET or RELEASE racing
 // with a request closes the fd only after that request is done with it.
+//
+// # Crashes and restarts
+//
+// Every non-idempotent request is journaled (engine/journal) in its
+// (queue, head) slot; exactlyonce.go holds the rule table that answers a
+// request the dataplane resubmits after a worker restart (Request.Resumed)
+// exactly as a crash-free run would have. state.go says what persists where
+// (maptable and journal memfds, handle fds and unreachable inode fds in the
+// fd store) and how New resumes (Options.Resume): state memfds mapped,
+// session restored, inodes and handles loaded lazily on first use, so
+// restart cost does not grow with the number of inodes.
 //
 // File-creating opcodes run with the requester's fsuid/fsgid on the calling
 // thread (locked for the duration). New sets the process umask to 0.

@@ -98,8 +98,8 @@ type FS struct {
 	// mountfd is the root opened O_RDONLY: open_by_handle_at's mount fd
 	// (it refuses O_PATH fds).
 	mountfd int
-	euid   uint32
-	egid   uint32
+	euid    uint32
+	egid    uint32
 
 	root    *inode
 	inodes  *maptable.Table
