@@ -196,7 +196,7 @@ step crash-lock "hold flock(LOCK_EX) on crash/lockfile in the background"
 rm -rf "$W"
 run mkdir -p "$W/fio"
 : >"$W/lockfile" || fail "create lockfile"
-flock -x "$W/lockfile" sh -c 'touch /tmp/lock.held; while [ ! -e /tmp/lock.release ]; do sleep 0.2; done' &
+flock -n -x "$W/lockfile" sh -c 'touch /tmp/lock.held; while [ ! -e /tmp/lock.release ]; do sleep 0.2; done' &
 HOLDER=$!
 i=0
 while [ ! -e /tmp/lock.held ]; do
