@@ -131,6 +131,18 @@ func (g *guestRun) run(t *testing.T, ctx context.Context) *Result {
 	if !res.Passed {
 		t.Fatalf("guest run on %s failed: %s\n%s", g.cfg.Daemon, res.Reason, res.Diagnostics())
 	}
+	if g.cfg.Daemon == DaemonVfsd {
+		// The supervisor hides a worker death from the guest; only the
+		// deaths this test caused are acceptable.
+		killed, other, errs := WorkerDeaths(res.DaemonLog)
+		if len(other) > 0 {
+			t.Errorf("vfsd's worker died %d times by itself (hidden from the guest by the supervisor):\n%s\nERROR lines:\n%s",
+				len(other), strings.Join(other, "\n"), strings.Join(errs, "\n"))
+		}
+		if len(killed) != len(res.Kills) {
+			t.Errorf("the daemon log records %d killed workers, the rig killed %d", len(killed), len(res.Kills))
+		}
+	}
 	return res
 }
 
@@ -394,5 +406,18 @@ func TestKillChildren(t *testing.T) {
 	}
 	if err := cmd.Wait(); err != nil || out.String() != "done\n" {
 		t.Fatalf("parent: %v, output %q; want it alive after its children died", err, out)
+	}
+}
+
+func TestWorkerDeaths(t *testing.T) {
+	log := filepath.Join(t.TempDir(), "daemon.log")
+	os.WriteFile(log, []byte(`time=T level=INFO msg="worker started" supervisor=1 pid=2
+time=T level=ERROR msg="worker failed" worker=2 err="vhostuser: malformed message"
+time=T level=WARN msg="worker died" supervisor=1 pid=2 how="exit status 1" reason="x"
+time=T level=WARN msg="worker died" supervisor=1 pid=3 how="signal: killed" reason="process exited"
+`), 0o644)
+	killed, other, errs := WorkerDeaths(log)
+	if len(killed) != 1 || len(other) != 1 || len(errs) != 1 || !strings.Contains(other[0], "pid=2") {
+		t.Fatalf("killed %q, other %q, errs %q", killed, other, errs)
 	}
 }

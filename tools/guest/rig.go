@@ -594,3 +594,22 @@ func tailLines(s string, n int) string {
 	}
 	return strings.Join(lines, "\n")
 }
+
+// WorkerDeaths reads a vfsd daemon log (the supervisor's slog text lines) and
+// returns the worker deaths it records: killed ones (SIGKILL, i.e. crash
+// injection) and the others (a worker that exited or crashed by itself, which
+// the supervisor hides from the guest), the latter with the log's ERROR lines
+// for context.
+func WorkerDeaths(daemonLog string) (killed, other, errs []string) {
+	for _, l := range strings.Split(readFileString(daemonLog), "\n") {
+		switch {
+		case strings.Contains(l, `msg="worker died"`) && strings.Contains(l, `how="signal: killed"`):
+			killed = append(killed, l)
+		case strings.Contains(l, `msg="worker died"`):
+			other = append(other, l)
+		case strings.Contains(l, "level=ERROR"):
+			errs = append(errs, l)
+		}
+	}
+	return killed, other, errs
+}
