@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"slices"
 	"sort"
+	"sync"
 	"syscall"
 	"time"
 
@@ -74,6 +75,17 @@ func parseArgs(args []string, stderr io.Writer) (config, error) {
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
+	// The command gets files as they are; other writers are shared with
+	// exec's copying goroutines, so both sides write under a lock.
+	cmdOut, cmdErr := stdout, stderr
+	if _, ok := stdout.(*os.File); !ok {
+		stdout = &lockedWriter{w: stdout}
+		cmdOut = stdout
+	}
+	if _, ok := stderr.(*os.File); !ok {
+		stderr = &lockedWriter{w: stderr}
+		cmdErr = stderr
+	}
 	c, err := parseArgs(args, stderr)
 	if err != nil {
 		if !errors.Is(err, flag.ErrHelp) {
@@ -99,18 +111,18 @@ func run(args []string, stdout, stderr io.Writer) int {
 	defer signal.Stop(sigs)
 
 	done := make(chan struct{})
-	var cmdErr error
+	var waitErr error
 	root := c.pid
 	if len(c.cmd) > 0 {
 		cmd := exec.Command(c.cmd[0], c.cmd[1:]...)
-		cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, stdout, stderr
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, cmdOut, cmdErr
 		if err := cmd.Start(); err != nil {
 			fmt.Fprintln(stderr, "sysaudit:", err)
 			return 2
 		}
 		root = cmd.Process.Pid
 		go func() {
-			cmdErr = cmd.Wait()
+			waitErr = cmd.Wait()
 			close(done)
 		}()
 	} else {
@@ -160,14 +172,25 @@ loop:
 	rep := makeReport(counts, seccomp.Names(), sealed)
 	rep.Print(stdout)
 	status := 0
-	if cmdErr != nil {
-		fmt.Fprintf(stderr, "sysaudit: command failed: %v (the audit covers what ran)\n", cmdErr)
+	if waitErr != nil {
+		fmt.Fprintf(stderr, "sysaudit: command failed: %v (the audit covers what ran)\n", waitErr)
 		status = 3
 	}
 	if len(rep.Missing) > 0 || (c.strict && len(rep.Unused) > 0) {
 		status = 1
 	}
 	return status
+}
+
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(b)
 }
 
 // Seen is one syscall the traced processes made.
