@@ -26,6 +26,7 @@ type config struct {
 	NoSupervisor  bool
 	MaxRestarts   int
 	RestartWindow time.Duration
+	BackoffMax    time.Duration // longest wait before a restart (0: the supervisor's default)
 	ControlSocket string // "" with --socket-path: <socket-path>.ctl
 }
 
@@ -55,6 +56,9 @@ resumes where it stopped, without the frontend noticing. SIGHUP (or
   --max-restarts=N         crash budget: give up after more than N worker
                            deaths within --restart-window (default 10)
   --restart-window=D       the crash budget's window (default 60s)
+  --restart-backoff-max=D  the wait before restarting a worker doubles with
+                           each death in the window, from 5ms up to D
+                           (default 1s)
   --control-socket=PATH    control socket answering "status" and "upgrade"
                            (default PATH.ctl with --socket-path; none with
                            --fd)
@@ -110,6 +114,14 @@ func parseArgs(args []string) (config, error) {
 			return errors.New("want a positive duration such as 60s")
 		}
 		c.RestartWindow = d
+		return nil
+	})
+	fs.Func("restart-backoff-max", "", func(s string) error {
+		d, err := time.ParseDuration(s)
+		if err != nil || d <= 0 {
+			return errors.New("want a positive duration such as 1s")
+		}
+		c.BackoffMax = d
 		return nil
 	})
 	fs.StringVar(&c.ControlSocket, "control-socket", "", "")

@@ -81,6 +81,7 @@ func runSupervisor(ctx context.Context, c config, stderr io.Writer) int {
 		FrontendFD: conn, WorkerArgs: c.workerArgs(),
 		Stdout: errFile, Stderr: errFile,
 		MaxRestarts: c.MaxRestarts, RestartWindow: c.RestartWindow,
+		BackoffMin: min(supervisor.DefaultBackoffMin, c.BackoffMax), BackoffMax: c.BackoffMax,
 		Upstream: upstream, Restored: restored, Logger: log,
 	})
 	if err != nil {
