@@ -27,7 +27,7 @@ type config struct {
 	MaxRestarts   int
 	RestartWindow time.Duration
 	BackoffMax    time.Duration // longest wait before a restart (0: the supervisor's default)
-	ControlSocket string // "" with --socket-path: <socket-path>.ctl
+	ControlSocket string        // "" with --socket-path: <socket-path>.ctl
 }
 
 const usageText = `usage: vfsd --socket-path=PATH|--fd=N --shared-dir=DIR [options]

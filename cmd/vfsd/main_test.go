@@ -1,8 +1,17 @@
 package main
 
 import (
+	"bytes"
+	"encoding/json"
+	"net"
 	"os"
+	"path/filepath"
+	"strings"
+	"sync"
 	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // TestMain lets the test binary stand in for vfsd when the supervisor
@@ -12,4 +21,134 @@ func TestMain(m *testing.M) {
 		os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 	}
 	os.Exit(m.Run())
+}
+
+// startVfsd runs run(args) in-process (supervisor mode: the test binary is
+// the worker, see TestMain) and connects to its socket.
+func startVfsd(t *testing.T, args ...string) (sock string, c net.Conn, done chan int, errb *syncBuf) {
+	t.Helper()
+	dir := t.TempDir()
+	sock = filepath.Join(dir, "vfsd.sock")
+	errb = &syncBuf{}
+	done = make(chan int, 1)
+	go func() {
+		done <- run(append([]string{"--socket-path=" + sock, "--shared-dir=" + dir}, args...), &bytes.Buffer{}, errb)
+	}()
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		var err error
+		if c, err = net.Dial("unix", sock); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal(err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return sock, c, done, errb
+}
+
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// A worker that dies at every start (a crash point in its start-up) spends
+// the crash budget: the supervisor gives up with a clear message and a
+// non-zero status.
+func TestCrashBudget(t *testing.T) {
+	t.Setenv("VFSD_CRASHPOINT", "mid-fd-handover")
+	_, c, done, errb := startVfsd(t, "--max-restarts=3", "--restart-window=1m", "--log-level=error")
+	defer c.Close()
+	select {
+	case code := <-done:
+		if code == 0 {
+			t.Fatalf("exit 0 with an exhausted budget: %s", errb.String())
+		}
+		if !strings.Contains(errb.String(), "vfsd: supervisor: crash budget exhausted: worker crashed 4 times in 1m0s; giving up") {
+			t.Fatalf("stderr lacks the budget message:\n%s", errb.String())
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("still running 20s after every worker died:\n%s", errb.String())
+	}
+}
+
+// The control socket answers status and upgrade; the status and upgrade
+// subcommands talk to it; SIGKILL of the worker is a restart the status
+// shows.
+func TestControlSocket(t *testing.T) {
+	sock, c, done, errb := startVfsd(t, "--log-level=error")
+	var out, serr bytes.Buffer
+	status := func() Status {
+		t.Helper()
+		out.Reset()
+		if code := run([]string{"status", "--socket-path=" + sock}, &out, &serr); code != 0 {
+			t.Fatalf("vfsd status: exit %d: %s", code, serr.String())
+		}
+		var st Status
+		if err := json.Unmarshal(out.Bytes(), &st); err != nil {
+			t.Fatalf("status %q: %v", out.String(), err)
+		}
+		return st
+	}
+	var st Status
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if st = status(); st.WorkerPID != 0 && st.StoredFDs >= 2 { // state.worker, state.inflight, ...
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no worker: %+v", st)
+		}
+	}
+	if st.State != "running" || st.SupervisorPID != os.Getpid() || st.StoredFDs < 2 {
+		t.Fatalf("status %+v", st)
+	}
+	old := st.WorkerPID
+	if err := unix.Kill(old, unix.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if st = status(); st.Restarts == 1 && st.WorkerPID != old && st.WorkerPID != 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no restart after SIGKILL: %+v\n%s", st, errb.String())
+		}
+	}
+	if st.Crashes != 1 || st.LastStallMS <= 0 {
+		t.Fatalf("status after a crash %+v", st)
+	}
+	out.Reset()
+	if code := run([]string{"upgrade", "--socket-path=" + sock}, &out, &serr); code != 0 || strings.TrimSpace(out.String()) != "ok" {
+		t.Fatalf("vfsd upgrade: exit %d, %q %s", code, out.String(), serr.String())
+	}
+	if st = status(); st.Upgrades != 1 || st.Crashes != 1 {
+		t.Fatalf("status after upgrade %+v", st)
+	}
+	if ans, err := Query(sock+".ctl", "bogus", time.Second); err != nil || ans != "error: unknown command" {
+		t.Fatalf("bogus command: %q %v", ans, err)
+	}
+	c.Close()
+	select {
+	case code := <-done:
+		if code != 0 {
+			t.Fatalf("exit %d: %s", code, errb.String())
+		}
+	case <-time.After(time.Second):
+		t.Fatal("still running a second after the frontend disconnected")
+	}
+	if _, err := os.Stat(sock + ".ctl"); !os.IsNotExist(err) {
+		t.Fatalf("control socket left behind: %v", err)
+	}
 }

@@ -21,9 +21,9 @@ import (
 	"golang.org/x/sys/unix"
 
 	"vfsd/tools/daemon"
-	"vfsd/vring/driver"
 	"vfsd/tools/frontend"
 	"vfsd/tools/fuseclient"
+	"vfsd/vring/driver"
 )
 
 // ctlStatus is the part of vfsd's control socket "status" answer the
@@ -79,12 +79,12 @@ func TestResumeWorkerKill(t *testing.T) {
 	out, ofh := openFile(t, e, "out", nil, unix.O_RDWR)
 
 	var (
-		stop    atomic.Bool
-		mu      sync.Mutex
-		done    []time.Time // completion times
+		stop     atomic.Bool
+		mu       sync.Mutex
+		done     []time.Time // completion times
 		failures []string
-		mkdirs  atomic.Int64
-		writes  sync.Map // offset -> byte
+		mkdirs   atomic.Int64
+		writes   sync.Map // offset -> byte
 	)
 	fail := func(f string, a ...any) {
 		mu.Lock()
