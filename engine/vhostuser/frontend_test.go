@@ -39,6 +39,9 @@ func (b *fakeBackend) StartQueue(i int, c QueueConfig) error {
 		return errors.New("no memory")
 	}
 	b.running[i] = c
+	if c.Tracked != nil { // as the data plane does, once tracking is attached
+		c.Tracked()
+	}
 	b.log("start %d size=%d desc=%#x avail=%#x used=%#x base=%d eventidx=%v kick=%v call=%v",
 		i, c.Size, c.Desc, c.Avail, c.Used, c.LastAvail, c.EventIdx, c.Kick >= 0, c.Call >= 0)
 	return nil
@@ -102,6 +105,13 @@ func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard
 
 func newFrontend(t *testing.T) *frontend {
 	t.Helper()
+	return newFrontendOpts(t, Options{RequestQueues: 2})
+}
+
+// newFrontendOpts is newFrontend with device options (Backend and Logger
+// are filled in).
+func newFrontendOpts(t *testing.T, o Options) *frontend {
+	t.Helper()
 	sp, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -109,7 +119,8 @@ func newFrontend(t *testing.T) *frontend {
 	tv := unix.Timeval{Sec: 5}
 	unix.SetsockoptTimeval(sp[0], unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
 	be := newFakeBackend()
-	dev, err := NewDevice(Options{Backend: be, RequestQueues: 2, Logger: quietLogger()})
+	o.Backend, o.Logger = be, quietLogger()
+	dev, err := NewDevice(o)
 	if err != nil {
 		t.Fatal(err)
 	}
