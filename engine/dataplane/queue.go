@@ -98,11 +98,12 @@ func newQueue(d *Dataplane, i int, c vhostuser.QueueConfig) (q *queue, err error
 	if err != nil {
 		return nil, fmt.Errorf("dataplane: queue %d: %w", i, err)
 	}
-	q = &queue{d: d, idx: i, vq: vq, kick: c.Kick, call: c.Call, errFD: c.Err,
+	nq := &queue{d: d, idx: i, vq: vq, kick: c.Kick, call: c.Call, errFD: c.Err,
 		ctl: -1, done: -1, epfd: -1, exited: make(chan struct{})}
+	q = nq
 	defer func() {
 		if err != nil {
-			q.release()
+			nq.release() // q is nil here: the error returns set it
 		}
 	}()
 	if q.ctl, err = newEventfd(); err != nil {
