@@ -9,6 +9,17 @@
 // connected socket (--vhost-fd); like virtiofsd it accepts exactly one
 // connection.
 //
+// Supervised mode (supervised.go, state.go): as a child of
+// engine/supervisor the worker keeps what must survive it in memfds held by
+// the supervisor's fd store: its ring state (state.worker: which rings have
+// their position in the inflight region) and the inflight region of every
+// ring (state.inflight), plus whatever the filesystem stores (maptables,
+// journal, open fds). On a restart (VFSD_RESUME=1) it maps them back,
+// refusing (ErrState) anything whose magic, version or layout does not
+// match, and the device resumes every ring that was running from the
+// inflight region: in-flight requests are served again (Request.Resumed)
+// before new ones, and the driver is notified once.
+//
 // Shutdown order when the frontend disconnects (or ctx is cancelled, which
 // shuts the socket down): cancel blocking waits in the filesystem, stop the
 // queues (each waits for its in-flight requests), unmap guest memory, close
