@@ -377,11 +377,13 @@ func (s *Supervisor) readFrontend() {
 func (s *Supervisor) relay(ctx context.Context, m *Msg) error {
 	defer func() { closeAll(m.FDs) }()
 	if !s.sess.expectsReply(m) {
-		s.sess.applyRequest(m)
+		// Send before recording: applyRequest takes the fds it keeps out of
+		// m.FDs, and WriteMsg skips taken entries.
 		if err := s.w.conn.WriteMsg(m); err != nil {
 			// Recorded state is replayed; the death is handled by step.
 			s.log.Debug("write to worker failed", "msg", m.String(), "err", err)
 		}
+		s.sess.applyRequest(m)
 		return nil
 	}
 	for attempt := 0; ; attempt++ {

@@ -781,3 +781,28 @@ func TestFrontendFramingError(t *testing.T) {
 }
 
 const reqSetConfigForTest = 25
+
+// Messages without a reply carry their fds to the worker even though the
+// session keeps them too (regression: the session took them first and the
+// worker got SET_VRING_CALL with no fd).
+func TestRelayForwardsFDs(t *testing.T) {
+	h := startHarness(t, nil, nil)
+	h.initSessionWith(pfMQ | pfConfig) // no REPLY_ACK: every SET goes the no-reply path
+	h.call(reqGetFeatures, 0, nil)
+	n := 0
+	for _, e := range msgsOf(h.workerLogs()[h.sup.Stats().WorkerPID]) {
+		switch e.Req {
+		case reqSetVringKick, reqSetVringCall, reqSetBackendReqFD:
+			n++
+			if len(e.Inos) != 1 {
+				t.Errorf("%s reached the worker with %d fds, want 1", reqName(e.Req), len(e.Inos))
+			}
+		}
+	}
+	if n != 5 {
+		t.Errorf("saw %d fd-carrying messages, want 5", n)
+	}
+	if err := h.stop(); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+}
