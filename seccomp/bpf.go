@@ -96,12 +96,15 @@ func Compile(rules []Rule, action Action) ([]unix.SockFilter, error) {
 	if err != nil {
 		return nil, err
 	}
-	merged, err := merge(rules)
+	merged, errnos, err := merge(rules)
 	if err != nil {
 		return nil, err
 	}
 	nrs := make([]uint32, 0, len(merged))
 	for nr := range merged {
+		nrs = append(nrs, nr)
+	}
+	for nr := range errnos {
 		nrs = append(nrs, nr)
 	}
 	sort.Slice(nrs, func(i, j int) bool { return nrs[i] < nrs[j] })
@@ -114,6 +117,10 @@ func Compile(rules []Rule, action Action) ([]unix.SockFilter, error) {
 	a.search(nrs)
 	for _, nr := range nrs {
 		a.label(fmt.Sprintf("sys%d", nr))
+		if e, ok := errnos[nr]; ok {
+			a.ret(unix.SECCOMP_RET_ERRNO | uint32(e))
+			continue
+		}
 		alts := merged[nr]
 		if alts == nil {
 			a.jumpAlways("allow")
@@ -148,14 +155,26 @@ func Compile(rules []Rule, action Action) ([]unix.SockFilter, error) {
 }
 
 // merge groups rules by syscall number: nil means any arguments; otherwise
-// the union of every rule's alternatives, in table order.
-func merge(rules []Rule) (map[uint32][]Match, error) {
+// the union of every rule's alternatives, in table order. errnos holds the
+// syscalls answered with a fixed errno.
+func merge(rules []Rule) (allowed map[uint32][]Match, errnos map[uint32]unix.Errno, err error) {
 	out := map[uint32][]Match{}
+	errnos = map[uint32]unix.Errno{}
 	unconditional := map[uint32]bool{}
 	for _, r := range rules {
 		nr, ok := Number(r.Syscall)
 		if !ok {
-			return nil, fmt.Errorf("seccomp: unknown syscall %q", r.Syscall)
+			return nil, nil, fmt.Errorf("seccomp: unknown syscall %q", r.Syscall)
+		}
+		if r.Errno != 0 {
+			if r.When != nil {
+				return nil, nil, fmt.Errorf("seccomp: rule for %s: an errno rule takes no argument conditions", r.Syscall)
+			}
+			if r.Errno > unix.SECCOMP_RET_DATA {
+				return nil, nil, fmt.Errorf("seccomp: rule for %s: errno %d out of range", r.Syscall, r.Errno)
+			}
+			errnos[nr] = r.Errno
+			continue
 		}
 		if r.When == nil {
 			unconditional[nr] = true
@@ -163,21 +182,21 @@ func merge(rules []Rule) (map[uint32][]Match, error) {
 			continue
 		}
 		if len(r.When) == 0 {
-			return nil, fmt.Errorf("seccomp: rule for %s has an empty When (use nil for any arguments)", r.Syscall)
+			return nil, nil, fmt.Errorf("seccomp: rule for %s has an empty When (use nil for any arguments)", r.Syscall)
 		}
 		for _, m := range r.When {
 			if len(m) == 0 {
-				return nil, fmt.Errorf("seccomp: rule for %s has an empty Match", r.Syscall)
+				return nil, nil, fmt.Errorf("seccomp: rule for %s has an empty Match", r.Syscall)
 			}
 			for _, c := range m {
 				if c.Arg < 0 || c.Arg > 5 {
-					return nil, fmt.Errorf("seccomp: rule for %s: argument %d out of range", r.Syscall, c.Arg)
+					return nil, nil, fmt.Errorf("seccomp: rule for %s: argument %d out of range", r.Syscall, c.Arg)
 				}
 				if c.Mask == 0 {
-					return nil, fmt.Errorf("seccomp: rule for %s: empty mask on argument %d", r.Syscall, c.Arg)
+					return nil, nil, fmt.Errorf("seccomp: rule for %s: empty mask on argument %d", r.Syscall, c.Arg)
 				}
 				if c.Value&^c.Mask != 0 {
-					return nil, fmt.Errorf("seccomp: rule for %s: value %#x outside mask %#x can never match", r.Syscall, c.Value, c.Mask)
+					return nil, nil, fmt.Errorf("seccomp: rule for %s: value %#x outside mask %#x can never match", r.Syscall, c.Value, c.Mask)
 				}
 			}
 		}
@@ -188,7 +207,12 @@ func merge(rules []Rule) (map[uint32][]Match, error) {
 	for nr := range unconditional {
 		out[nr] = nil
 	}
-	return out, nil
+	for nr := range errnos {
+		if _, ok := out[nr]; ok || unconditional[nr] {
+			return nil, nil, fmt.Errorf("seccomp: %s is both allowed and answered with an errno", Name(nr))
+		}
+	}
+	return out, errnos, nil
 }
 
 // search emits a binary search over sorted nrs (in the accumulator) that

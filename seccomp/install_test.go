@@ -229,6 +229,7 @@ func needSeccomp(t *testing.T) {
 // process with SIGSYS, whichever thread makes it.
 func TestVictimKilled(t *testing.T) {
 	needSeccomp(t)
+	t.Logf("victim threads started by %s", map[bool]string{true: "glibc pthread_create (cgo)", false: "the Go runtime's clone"}[victimCgo])
 	for _, tc := range []struct {
 		call   string
 		thread bool

@@ -14,6 +14,10 @@ type Rule struct {
 	Syscall string  // the kernel's name on x86_64, e.g. "openat", "newfstatat"
 	When    []Match // nil: any arguments
 	By      string  // the caller that needs it, and why the restriction is what it is
+	// Errno, when not 0, answers the syscall with this error instead of
+	// running it (When must be nil): for calls whose arguments a filter
+	// cannot see and whose callers have a fallback (clone3 -> clone).
+	Errno unix.Errno
 }
 
 // Match is a conjunction: it holds when every Cond holds.
@@ -64,6 +68,9 @@ type Options struct {
 const (
 	goThreadFlags = unix.CLONE_VM | unix.CLONE_FS | unix.CLONE_FILES | unix.CLONE_SIGHAND |
 		unix.CLONE_SYSVSEM | unix.CLONE_THREAD
+	// glibc's pthread_create (nptl create_thread), which starts the Go
+	// runtime's threads in a cgo binary (vfsd links os/user and net).
+	glibcThreadFlags = goThreadFlags | unix.CLONE_SETTLS | unix.CLONE_PARENT_SETTID | unix.CLONE_CHILD_CLEARTID
 	futexWaitPrivate = 0 | 128 // FUTEX_WAIT | FUTEX_PRIVATE_FLAG
 	futexWakePrivate = 1 | 128 // FUTEX_WAKE | FUTEX_PRIVATE_FLAG
 	memfdFlags       = unix.MFD_CLOEXEC | unix.MFD_ALLOW_SEALING
@@ -80,13 +87,19 @@ func Rules(o Options) []Rule {
 		// --- Go runtime -------------------------------------------------
 		{Syscall: "futex", When: OneOf(1, futexWaitPrivate, futexWakePrivate),
 			By: "Go runtime: futexsleep/futexwakeup (runtime/os_linux.go) use only the private wait and wake"},
-		{Syscall: "clone", When: OneOf(0, goThreadFlags, goThreadFlags|unix.CLONE_SETTLS),
-			By: "Go runtime: newosproc starts threads (cloneFlags, plus CLONE_SETTLS); no fork, no new namespaces"},
+		{Syscall: "clone", When: OneOf(0, goThreadFlags, goThreadFlags|unix.CLONE_SETTLS, glibcThreadFlags),
+			By: "Go runtime: newosproc starts threads (cloneFlags, plus CLONE_SETTLS); cgo builds: glibc pthread_create " +
+				"after clone3 answered ENOSYS; threads only: no fork, no new namespaces"},
+		{Syscall: "clone3", Errno: unix.ENOSYS,
+			By: "glibc pthread_create (cgo builds) tries clone3 first; its flags are in memory a filter cannot read, " +
+				"so ENOSYS sends glibc to clone, whose flags are checked"},
+		{Syscall: "set_robust_list", By: "glibc: every new thread of a cgo build registers its robust futex list"},
+		{Syscall: "rseq", By: "glibc 2.35+: every new thread of a cgo build registers restartable sequences"},
 		{Syscall: "mmap", When: Where(NoneOf(2, unix.PROT_EXEC)),
-			By: "Go runtime heap and stacks (never executable); vring/mem guest RAM, vring/inflight, maptable, journal memfds (PROT_READ|PROT_WRITE)"},
+			By: "Go runtime heap and stacks, glibc thread stacks (never executable); vring/mem guest RAM, vring/inflight, maptable, journal memfds (PROT_READ|PROT_WRITE)"},
 		{Syscall: "munmap", By: "Go runtime; vring/mem.Unmap on SET_MEM_TABLE/REM_MEM_REG/reset; inflight region replaced"},
-		{Syscall: "mprotect", When: Where(Eq(2, unix.PROT_NONE)),
-			By: "Go runtime: sysFaultOS makes freed spans inaccessible (PROT_NONE only; nothing becomes executable)"},
+		{Syscall: "mprotect", When: Where(NoneOf(2, unix.PROT_EXEC)),
+			By: "Go runtime: sysFaultOS (PROT_NONE); glibc pthread stacks: guard page and stack protection (cgo builds); never PROT_EXEC"},
 		{Syscall: "madvise", When: OneOf(2, unix.MADV_DONTNEED, unix.MADV_FREE, unix.MADV_HUGEPAGE,
 			unix.MADV_NOHUGEPAGE, unix.MADV_COLLAPSE),
 			By: "Go runtime: scavenger returns memory (DONTNEED/FREE) and huge page hints (runtime/mem_linux.go)"},
@@ -179,8 +192,9 @@ func Rules(o Options) []Rule {
 	}
 }
 
-// Names returns the syscalls Rules allows with default options, sorted and
-// without duplicates (for tools/sysaudit).
+// Names returns the syscalls Rules handles with default options (allowed, or
+// answered with a fixed errno), sorted and without duplicates (for
+// tools/sysaudit).
 func Names() []string { return namesOf(Rules(Options{})) }
 
 func namesOf(rules []Rule) []string {

@@ -1,0 +1,5 @@
+//go:build !cgo
+
+package seccomp
+
+const victimCgo = false
