@@ -1,0 +1,286 @@
+package hostload
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"vfsd/tools/daemon"
+	"vfsd/tools/frontend"
+	"vfsd/tools/fuseclient"
+)
+
+// DaemonConfig is one measured run of a workload on a daemon.
+type DaemonConfig struct {
+	Kind  daemon.Kind
+	Bin   string // the daemon binary (virtiofsd: default daemon.VirtiofsdPath)
+	Cache string // daemon cache mode (default auto)
+	// Extra daemon arguments (e.g. vfsd's --pprof-addr).
+	Extra    []string
+	Workload Workload
+	// Depth is the number of requests kept in flight per request queue,
+	// Queues the number of request queues (the reference serves one).
+	Depth, Queues    int
+	Warmup, Duration time.Duration
+	Share            *Share
+	// SockDir is where the vhost-user socket is made (default: a new
+	// temporary directory).
+	SockDir string
+	// ReaddirSize is the room offered to each READDIRPLUS (default 4096,
+	// one page, as a Linux 6.1 guest does).
+	ReaddirSize int
+	// During runs from the start of the measured window, with the running
+	// daemon; the window lasts until it returns.
+	During func(ctx context.Context, d *daemon.Daemon)
+}
+
+var sockSeq atomic.Uint64
+
+// RunDaemon starts the daemon on the share, connects the frontend, sends
+// INIT, runs the workload and stops the daemon (it must exit on hang-up).
+func RunDaemon(ctx context.Context, c DaemonConfig) (res Result, err error) {
+	if c.Share == nil {
+		return res, errors.New("hostload: no share")
+	}
+	c.Depth, c.Queues = max(c.Depth, 1), max(c.Queues, 1)
+	if c.ReaddirSize <= 0 {
+		c.ReaddirSize = 4096
+	}
+	if c.Kind == daemon.Virtiofsd && c.Queues > 1 {
+		return res, fmt.Errorf("hostload: the reference daemon serves one request queue, %d asked", c.Queues)
+	}
+	if err := c.Share.CleanNew(); err != nil {
+		return res, err
+	}
+	sockDir := c.SockDir
+	if sockDir == "" {
+		if sockDir, err = os.MkdirTemp("", "vfsd-bench-sock-"); err != nil {
+			return res, err
+		}
+		defer os.RemoveAll(sockDir)
+	}
+	sock := filepath.Join(sockDir, fmt.Sprintf("%s-%d.sock", c.Kind, sockSeq.Add(1)))
+	os.Remove(sock)
+	dc := daemon.Config{Kind: c.Kind, Bin: c.Bin, Socket: sock, SharedDir: c.Share.Dir, Cache: c.Cache, Extra: c.Extra}
+	if c.Kind == daemon.Vfsd && c.Queues > 1 {
+		dc.RequestQueues = c.Queues
+	}
+	d, err := daemon.Start(dc)
+	if err != nil {
+		return res, err
+	}
+	var fe *frontend.Frontend
+	defer func() {
+		if fe != nil {
+			fe.Close()
+		}
+		if !d.Wait(5*time.Second) && err == nil {
+			err = fmt.Errorf("hostload: %s did not exit after the frontend hung up", c.Kind)
+		}
+		os.Remove(sock)
+		if err != nil {
+			err = fmt.Errorf("%w\n--- %s output (last 2000 bytes):\n%s", err, c.Kind, tail(d.Output(), 2000))
+		}
+	}()
+	n := c.Depth * c.Queues
+	memSize := uint64(n)*uint64(max(c.Workload.Size, c.ReaddirSize, 64<<10)+16<<10) + 32<<20
+	qsize := 256
+	for qsize < 8*c.Depth {
+		qsize *= 2
+	}
+	fe, err = frontend.Dial(sock, frontend.Options{Mem: frontend.MemOptions{Size: memSize}, QueueSize: qsize,
+		RequestQueues: c.Queues})
+	if err != nil {
+		return res, err
+	}
+	cl := fuseclient.New(fe, fuseclient.Options{Depth: c.Depth})
+	init, err := cl.Init(ctx, 0)
+	if err != nil {
+		return res, fmt.Errorf("INIT: %w", err)
+	}
+	if w := c.Workload; w.IsIO() {
+		if w.Write && w.Size > int(init.MaxWrite) {
+			return res, fmt.Errorf("hostload: %s: %d bytes exceed the daemon's max_write %d", w.Name, w.Size, init.MaxWrite)
+		}
+		if !w.Write && init.MaxPages > 0 && w.Size > int(init.MaxPages)*4096 {
+			return res, fmt.Errorf("hostload: %s: %d bytes exceed the daemon's max_pages %d", w.Name, w.Size, init.MaxPages)
+		}
+	}
+	ops, err := daemonOps(ctx, cl, c, n)
+	if err != nil {
+		return res, err
+	}
+	dcfg := driveConfig{Warmup: c.Warmup, Duration: c.Duration, CPU: d.CPUTime}
+	if c.During != nil {
+		dcfg.During = func(ctx context.Context) { c.During(ctx, d) }
+	}
+	res, err = drive(ctx, ops, dcfg)
+	res.MaxWrite, res.Minor = init.MaxWrite, init.Minor
+	if err == nil {
+		select {
+		case <-d.Done():
+			err = fmt.Errorf("hostload: %s exited during the run: %v", c.Kind, d.ExitErr())
+		default:
+		}
+	}
+	return res, err
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return "..." + s[len(s)-n:]
+	}
+	return s
+}
+
+// daemonOps looks up the share's names and builds one operation per worker.
+func daemonOps(ctx context.Context, cl *fuseclient.Client, c DaemonConfig, n int) ([]opFunc, error) {
+	const root = 1
+	look := func(name string) (uint64, error) {
+		e, err := cl.Lookup(ctx, root, name)
+		if err != nil {
+			return 0, fmt.Errorf("LOOKUP %s: %w", name, err)
+		}
+		return e.NodeID, nil
+	}
+	data, err := look(DataName)
+	if err != nil {
+		return nil, err
+	}
+	bigDir, err := look(BigDirName)
+	if err != nil {
+		return nil, err
+	}
+	newDir, err := look(NewDirName)
+	if err != nil {
+		return nil, err
+	}
+	w := c.Workload
+	ops := make([]opFunc, n)
+	for i := range ops {
+		qc := cl.OnQueue(1 + i%c.Queues)
+		switch w.Name {
+		case "getattr":
+			ops[i] = func(func() bool) (int, int, error) {
+				_, err := qc.Getattr(ctx, data, nil)
+				return 0, 0, err
+			}
+		case "lookup":
+			ops[i] = func(func() bool) (int, int, error) {
+				_, err := qc.Lookup(ctx, root, DataName)
+				return 0, 0, err
+			}
+		case "create":
+			id, seq := i, 0
+			ops[i] = func(func() bool) (int, int, error) {
+				seq++
+				name := fmt.Sprintf("w%d-%d", id, seq)
+				ent, o, err := qc.Create(ctx, newDir, name, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL, unix.S_IFREG|0o644, 0)
+				if err != nil {
+					return 0, 0, fmt.Errorf("CREATE: %w", err)
+				}
+				if err := qc.Release(ctx, ent.NodeID, o.FH, unix.O_RDWR, 0, 0); err != nil {
+					return 0, 0, fmt.Errorf("RELEASE: %w", err)
+				}
+				if err := qc.Unlink(ctx, newDir, name); err != nil {
+					return 0, 0, fmt.Errorf("UNLINK: %w", err)
+				}
+				return 0, 0, qc.Forget(ctx, ent.NodeID, 1)
+			}
+		case "readdirplus":
+			ops[i] = readdirplusOp(ctx, qc, bigDir, c.ReaddirSize, c.Share.DirEntries)
+		default:
+			if !w.IsIO() {
+				return nil, fmt.Errorf("hostload: workload %q has no daemon operation", w.Name)
+			}
+			o, err := cl.Open(ctx, data, unix.O_RDWR, 0)
+			if err != nil {
+				return nil, fmt.Errorf("OPEN %s: %w", DataName, err)
+			}
+			rng := rand.New(rand.NewPCG(uint64(i), 42))
+			offs := newOffsets(c.Share.FileSize, w.Size, w.Seq, i, n, rng.Int64N)
+			buf := make([]byte, w.Size)
+			for j := range buf {
+				buf[j] = byte(i + j)
+			}
+			fh := o.FH
+			if w.Write {
+				ops[i] = func(func() bool) (int, int, error) {
+					got, err := qc.Write(ctx, data, fh, uint64(offs.next()), buf, 0)
+					if err == nil && int(got) != len(buf) {
+						err = fmt.Errorf("short WRITE: %d of %d", got, len(buf))
+					}
+					return int(got), 0, err
+				}
+			} else {
+				ops[i] = func(func() bool) (int, int, error) {
+					got, err := qc.Read(ctx, data, fh, uint64(offs.next()), buf)
+					if err == nil && got != len(buf) {
+						err = fmt.Errorf("short READ: %d of %d", got, len(buf))
+					}
+					return got, 0, err
+				}
+			}
+		}
+	}
+	return ops, nil
+}
+
+// forgetBatch is the most nodes one BATCH_FORGET names (4 KiB of payload).
+const forgetBatch = 256
+
+// readdirplusOp lists the whole directory: OPENDIR, READDIRPLUS from offset
+// 0 until an empty answer, RELEASEDIR, then BATCH_FORGET of every node the
+// listing looked up (as the guest's dentry cache would eventually).
+func readdirplusOp(ctx context.Context, qc *fuseclient.Client, dir uint64, size, want int) opFunc {
+	var forget []fuseclient.ForgetOne
+	return func(stop func() bool) (int, int, error) {
+		o, err := qc.Opendir(ctx, dir, unix.O_RDONLY)
+		if err != nil {
+			return 0, 0, fmt.Errorf("OPENDIR: %w", err)
+		}
+		forget = forget[:0]
+		names, off := 0, uint64(0)
+		for {
+			if stop() {
+				return 0, 0, errAborted
+			}
+			ents, err := qc.Readdirplus(ctx, dir, o.FH, off, size)
+			if err != nil {
+				return 0, 0, fmt.Errorf("READDIRPLUS at %d: %w", off, err)
+			}
+			if len(ents) == 0 {
+				break
+			}
+			for _, e := range ents {
+				if e.Name == "." || e.Name == ".." {
+					continue
+				}
+				names++
+				if e.Entry.NodeID != 0 {
+					forget = append(forget, fuseclient.ForgetOne{NodeID: e.Entry.NodeID, Nlookup: 1})
+				}
+			}
+			off = ents[len(ents)-1].Off
+		}
+		if err := qc.Releasedir(ctx, dir, o.FH); err != nil {
+			return 0, 0, fmt.Errorf("RELEASEDIR: %w", err)
+		}
+		for j := 0; j < len(forget); j += forgetBatch {
+			if err := qc.BatchForget(ctx, forget[j:min(j+forgetBatch, len(forget))]); err != nil {
+				return 0, 0, fmt.Errorf("BATCH_FORGET: %w", err)
+			}
+		}
+		if names != want {
+			return 0, names, fmt.Errorf("READDIRPLUS listed %d entries, the directory has %d", names, want)
+		}
+		return 0, names, nil
+	}
+}
