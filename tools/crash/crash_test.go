@@ -252,7 +252,7 @@ func TestRandomKills(t *testing.T) {
 
 	rng := rand.New(rand.NewSource(sd))
 	var stalls []time.Duration
-	kills, duringResume := 0, 0
+	kills, duringResume, inflight := 0, 0, 0
 	start := time.Now()
 	limit := 150 * time.Second
 	lastPID := 0
@@ -266,7 +266,7 @@ func TestRandomKills(t *testing.T) {
 		if quick {
 			time.Sleep(time.Duration(rng.Intn(3)) * time.Millisecond)
 		} else {
-			time.Sleep(time.Duration(20+rng.Intn(180)) * time.Millisecond)
+			time.Sleep(time.Duration(10+rng.Intn(90)) * time.Millisecond)
 		}
 		pid, err := e.WaitNewWorker(lastPID, 15*time.Second)
 		if err != nil {
@@ -289,6 +289,9 @@ func TestRandomKills(t *testing.T) {
 			killErr = fmt.Errorf("probe before kill %d: %w", kills+1, err)
 			break
 		}
+		for q := 1; q < e.FE.NumQueues(); q++ {
+			inflight += e.FE.Queue(q).Outstanding()
+		}
 		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 			killErr = err
 			break
@@ -305,6 +308,8 @@ func TestRandomKills(t *testing.T) {
 	elapsed := time.Since(start)
 	t.Logf("kills survived: %d in %v (%d of them while the successor was still resuming); depth:%s",
 		kills, elapsed.Round(time.Millisecond), duringResume, depth.report())
+	t.Logf("requests outstanding at a kill (after the successor served): mean %.1f over %d kills",
+		float64(inflight)/float64(max(len(stalls), 1)), len(stalls))
 	t.Logf("guest-visible stall per kill (kill to every queue answering): %s", stallStats(stalls))
 	if killErr != nil {
 		t.Errorf("kill loop stopped: %v", killErr)
@@ -349,7 +354,7 @@ var crashPoints = []struct {
 	{"mid-maptable-insert", 60, false},
 	{"mid-fd-handover", 60, false},
 	{"mid-vhost-message", 12, true},
-	{"mid-resume", 3, true},
+	{"mid-resume", 60, true},
 }
 
 // TestCrashPoints runs the workload once per named crash point on a fresh

@@ -113,8 +113,6 @@ killer() {
 	n=0
 	gap=2
 	while [ -e /tmp/work ] && [ ! -e /tmp/stop ]; do
-		sleep $gap
-		[ -e /tmp/work ] || break
 		n=$((n + 1))
 		echo $n >/tmp/kills
 		echo "vfsd-crash: kill $n (t=$(cut -d' ' -f1 /proc/uptime)s)"
@@ -124,6 +122,7 @@ killer() {
 		else
 			echo "guest: lock still held after kill $n"
 		fi
+		sleep $((gap - 1))
 		gap=$((gap % 3 + 2))
 	done
 }
