@@ -11,9 +11,10 @@ import (
 // Install puts the filter for o on every thread of the process, for the
 // rest of its life: prctl(PR_SET_NO_NEW_PRIVS), then
 // seccomp(SECCOMP_SET_MODE_FILTER) with SECCOMP_FILTER_FLAG_TSYNC (all Go
-// threads, including those already running) and SECCOMP_FILTER_FLAG_LOG (a
-// denied call leaves an audit record naming the syscall, whatever the
-// action). With ActionNone it does nothing. o.PID 0 means this process.
+// threads, including those already running). A denied call leaves a kernel
+// audit record (type=1326) naming the syscall: kill and log always do, trap
+// and errno are installed with SECCOMP_FILTER_FLAG_LOG. With ActionNone it
+// does nothing. o.PID 0 means this process.
 //
 // Call it last in start-up, once every fd, mapping and socket the process
 // needs before serving has been made: from then on only the table's
@@ -43,7 +44,14 @@ func Install(o Options) error {
 	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
 		return fmt.Errorf("seccomp: prctl(PR_SET_NO_NEW_PRIVS): %w", err)
 	}
-	tid, err := setFilter(prog, unix.SECCOMP_FILTER_FLAG_TSYNC|unix.SECCOMP_FILTER_FLAG_LOG)
+	flags := uintptr(unix.SECCOMP_FILTER_FLAG_TSYNC)
+	if o.Action == ActionTrap || o.Action == ActionErrno {
+		// Diagnostic modes: have the kernel log what they deny. Kill and
+		// log are logged without it, and it would also log every clone3
+		// answered ENOSYS.
+		flags |= unix.SECCOMP_FILTER_FLAG_LOG
+	}
+	tid, err := setFilter(prog, flags)
 	if err != nil {
 		return fmt.Errorf("seccomp: install filter: %w", err)
 	}
