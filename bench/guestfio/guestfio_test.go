@@ -1,0 +1,109 @@
+package guestfio
+
+import (
+	"bytes"
+	"compress/gzip"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseFio(t *testing.T) {
+	b, err := os.ReadFile("testdata/fio-randread.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// fio can print a warning before the JSON.
+	v, err := ParseFio(append([]byte("fio: some warning\n"), b...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.IOPS < 15648 || v.IOPS > 15649 || v.MBPerSec < 64 || v.MBPerSec > 64.1 || v.P99 != 9371648*time.Nanosecond || v.P50 <= 0 || v.P50 > v.P99 {
+		t.Fatalf("parsed %+v", v)
+	}
+	for _, bad := range []string{"", "{", `{"jobs":[]}`, `{"jobs":[{"jobname":"x","error":5}]}`, `{"jobs":[{"jobname":"x"}]}`} {
+		if _, err := ParseFio([]byte(bad)); err == nil {
+			t.Errorf("ParseFio(%q) accepted", bad)
+		}
+	}
+}
+
+func TestParseStressYAML(t *testing.T) {
+	b, err := os.ReadFile("testdata/stress-dentry.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := ParseStressYAML(b, "dentry")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.IOPS < 680 || v.IOPS > 681 {
+		t.Fatalf("parsed %+v", v)
+	}
+	if _, err := ParseStressYAML(b, "hdd"); err == nil {
+		t.Fatal("missing stressor accepted")
+	}
+}
+
+func TestAppendInit(t *testing.T) {
+	dir := t.TempDir()
+	base := filepath.Join(dir, "base.cpio.gz")
+	var bb bytes.Buffer
+	zw := gzip.NewWriter(&bb)
+	cpioEntry(zw, "init", 0o100755, []byte("#!/bin/sh\n"))
+	cpioEntry(zw, "TRAILER!!!", 0, nil)
+	zw.Close()
+	bb.WriteByte(0) // a base whose length is not a multiple of 4
+	if err := os.WriteFile(base, bb.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "out.cpio.gz")
+	if err := AppendInit(base, benchInit, out); err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.HasPrefix(got, bb.Bytes()) {
+		t.Fatal("base archive not kept as it was")
+	}
+	second := (bb.Len() + 3) &^ 3
+	for _, c := range got[bb.Len():second] {
+		if c != 0 {
+			t.Fatal("padding is not zeros")
+		}
+	}
+	zr, err := gzip.NewReader(bytes.NewReader(got[second:]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cpio, err := io.ReadAll(zr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.HasPrefix(cpio, []byte("070701")) || !bytes.Contains(cpio, []byte(InitName+"\x00")) ||
+		!bytes.Contains(cpio, benchInit) || !bytes.Contains(cpio, []byte("TRAILER!!!")) {
+		t.Fatal("appended archive lacks the script")
+	}
+	if len(cpio)%4 != 0 {
+		t.Fatalf("cpio length %d not 4-aligned", len(cpio))
+	}
+}
+
+// The script knows every job the Go side offers, and prints the marker only
+// through finish (the rig stops at the first marker).
+func TestScriptJobs(t *testing.T) {
+	s := string(benchInit)
+	for _, j := range Jobs {
+		if !strings.Contains(s, "\t"+j+")") {
+			t.Errorf("bench-init.sh has no case for job %s", j)
+		}
+	}
+	if n := strings.Count(s, "VFSD-GUEST-RESULT: PASS"); n != 1 {
+		t.Errorf("PASS marker appears %d times", n)
+	}
+}
