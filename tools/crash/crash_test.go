@@ -231,8 +231,8 @@ func finishWorkload(t *testing.T, e *Env, wl *workload) bool {
 	return len(errs) == 0
 }
 
-// TestRandomKills: the mixed workload on 3 request queues (26 clients each,
-// one request at a time per client, so up to 26 in flight per queue) while
+// TestRandomKills: the mixed workload on 3 request queues (18 clients each,
+// one request at a time per client, so up to 18 in flight per queue) while
 // the worker is SIGKILLed at random moments: most kills wait for the
 // successor to serve, every eighth hits a worker that is still resuming.
 func TestRandomKills(t *testing.T) {
@@ -243,7 +243,7 @@ func TestRandomKills(t *testing.T) {
 	xattrs := hostXattrs(t, e.Dir)
 	baseSup, baseWrk := e.fdBaseline(ctx)
 
-	wl, err := newWorkload(ctx, e, 78, sd, xattrs)
+	wl, err := newWorkload(ctx, e, 54, sd, xattrs)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -253,6 +253,7 @@ func TestRandomKills(t *testing.T) {
 	rng := rand.New(rand.NewSource(sd))
 	var stalls []time.Duration
 	kills, duringResume, inflight := 0, 0, 0
+	lastQuick := false
 	start := time.Now()
 	limit := 150 * time.Second
 	lastPID := 0
@@ -281,14 +282,19 @@ func TestRandomKills(t *testing.T) {
 			kills++
 			duringResume++
 			lastPID = pid
+			lastQuick = true
 			continue
 		}
-		// A successor that is up: make sure it serves before killing it, so
-		// the stall measured is this kill's alone.
-		if err := e.probe(ctx); err != nil {
-			killErr = fmt.Errorf("probe before kill %d: %w", kills+1, err)
-			break
+		// After a quick kill, make sure the successor serves before killing
+		// it, so the stall measured is this kill's alone (after a measured
+		// kill the probe already showed that).
+		if duringResume > 0 && lastQuick {
+			if err := e.probe(ctx); err != nil {
+				killErr = fmt.Errorf("probe before kill %d: %w", kills+1, err)
+				break
+			}
 		}
+		lastQuick = false
 		for q := 1; q < e.FE.NumQueues(); q++ {
 			inflight += e.FE.Queue(q).Outstanding()
 		}
@@ -407,13 +413,13 @@ func TestCrashPoints(t *testing.T) {
 			external := 0
 			start := time.Now()
 			var loopErr error
-			for time.Since(start) < 7*time.Second {
+			for time.Since(start) < 6*time.Second {
 				if err := e.CheckAlive(); err != nil {
 					loopErr = err
 					break
 				}
 				time.Sleep(300 * time.Millisecond)
-				if cp.external && time.Since(start) < 6*time.Second {
+				if cp.external && time.Since(start) < 5*time.Second {
 					if _, err := e.KillWorker(); err != nil {
 						loopErr = err
 						break
@@ -423,7 +429,7 @@ func TestCrashPoints(t *testing.T) {
 				mu.Lock()
 				deaths := len(pids) - 1
 				mu.Unlock()
-				if deaths-external >= 4 && time.Since(start) > 3*time.Second {
+				if deaths-external >= 3 && time.Since(start) > 2500*time.Millisecond {
 					break
 				}
 			}
