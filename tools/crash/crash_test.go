@@ -234,7 +234,8 @@ func finishWorkload(t *testing.T, e *Env, wl *workload) bool {
 // TestRandomKills: the mixed workload on 3 request queues (18 clients each,
 // one request at a time per client, so up to 18 in flight per queue) while
 // the worker is SIGKILLed at random moments: most kills wait for the
-// successor to serve, every eighth hits a worker that is still resuming.
+// successor to serve, after one in eight the successor is killed too while
+// it is still replaying and resuming.
 func TestRandomKills(t *testing.T) {
 	want := envInt(t, "VFSD_CRASH_KILLS", 200)
 	sd := seed(t)
@@ -263,38 +264,22 @@ func TestRandomKills(t *testing.T) {
 			killErr = err
 			break
 		}
-		quick := rng.Intn(8) == 0
-		if quick {
-			time.Sleep(time.Duration(rng.Intn(3)) * time.Millisecond)
-		} else {
-			time.Sleep(time.Duration(10+rng.Intn(90)) * time.Millisecond)
-		}
+		time.Sleep(time.Duration(10+rng.Intn(90)) * time.Millisecond)
 		pid, err := e.WaitNewWorker(lastPID, 15*time.Second)
 		if err != nil {
 			killErr = fmt.Errorf("after %d kills: %w", kills, err)
 			break
 		}
-		if quick {
-			if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
-				killErr = err
-				break
-			}
-			kills++
-			duringResume++
-			lastPID = pid
-			lastQuick = true
-			continue
-		}
-		// After a quick kill, make sure the successor serves before killing
-		// it, so the stall measured is this kill's alone (after a measured
-		// kill the probe already showed that).
-		if duringResume > 0 && lastQuick {
+		// After a kill of a resuming worker, make sure its successor serves
+		// before killing it, so the stall measured is this kill's alone
+		// (after a measured kill the probe already showed that).
+		if lastQuick {
 			if err := e.probe(ctx); err != nil {
 				killErr = fmt.Errorf("probe before kill %d: %w", kills+1, err)
 				break
 			}
+			lastQuick = false
 		}
-		lastQuick = false
 		for q := 1; q < e.FE.NumQueues(); q++ {
 			inflight += e.FE.Queue(q).Outstanding()
 		}
@@ -305,6 +290,24 @@ func TestRandomKills(t *testing.T) {
 		t0 := time.Now()
 		kills++
 		lastPID = pid
+		if rng.Intn(8) == 0 {
+			// Kill the successor too, while it replays and resumes.
+			succ, err := e.WaitNewWorker(pid, 15*time.Second)
+			if err != nil {
+				killErr = fmt.Errorf("after %d kills: %w", kills, err)
+				break
+			}
+			time.Sleep(time.Duration(rng.Intn(3000)) * time.Microsecond)
+			if err := syscall.Kill(succ, syscall.SIGKILL); err != nil {
+				killErr = err
+				break
+			}
+			kills++
+			duringResume++
+			lastPID = succ
+			lastQuick = true
+			continue
+		}
 		if err := e.probe(ctx); err != nil {
 			killErr = fmt.Errorf("probe after kill %d: %w", kills, err)
 			break
