@@ -195,7 +195,11 @@ func daemonOps(ctx context.Context, cl *fuseclient.Client, c DaemonConfig, n int
 				return 0, 0, qc.Forget(ctx, ent.NodeID, 1)
 			}
 		case "readdirplus":
-			ops[i] = readdirplusOp(ctx, qc, bigDir, c.ReaddirSize, c.Share.DirEntries)
+			o, err := cl.Opendir(ctx, bigDir, unix.O_RDONLY)
+			if err != nil {
+				return nil, fmt.Errorf("OPENDIR %s: %w", BigDirName, err)
+			}
+			ops[i] = readdirplusOp(ctx, qc, bigDir, o.FH, c.ReaddirSize, c.Share.DirEntries)
 		default:
 			if !w.IsIO() {
 				return nil, fmt.Errorf("hostload: workload %q has no daemon operation", w.Name)
@@ -233,53 +237,56 @@ func daemonOps(ctx context.Context, cl *fuseclient.Client, c DaemonConfig, n int
 	return ops, nil
 }
 
-// forgetBatch is the most nodes one BATCH_FORGET names (4 KiB of payload).
+// forgetBatch is the number of looked-up nodes after which a readdirplus
+// worker sends one BATCH_FORGET for them (4 KiB of payload), as a guest
+// under dentry-cache pressure would.
 const forgetBatch = 256
 
-// readdirplusOp lists the whole directory: OPENDIR, READDIRPLUS from offset
-// 0 until an empty answer, RELEASEDIR, then BATCH_FORGET of every node the
-// listing looked up (as the guest's dentry cache would eventually).
-func readdirplusOp(ctx context.Context, qc *fuseclient.Client, dir uint64, size, want int) opFunc {
-	var forget []fuseclient.ForgetOne
-	return func(stop func() bool) (int, int, error) {
-		o, err := qc.Opendir(ctx, dir, unix.O_RDONLY)
-		if err != nil {
-			return 0, 0, fmt.Errorf("OPENDIR: %w", err)
-		}
-		forget = forget[:0]
-		names, off := 0, uint64(0)
-		for {
-			if stop() {
-				return 0, 0, errAborted
-			}
-			ents, err := qc.Readdirplus(ctx, dir, o.FH, off, size)
+// readdirplusOp returns one READDIRPLUS per call, walking the directory
+// through its own open handle from offset 0 to the end and around again;
+// the call that collected forgetBatch nodes also sends their BATCH_FORGET.
+func readdirplusOp(ctx context.Context, qc *fuseclient.Client, dir, fh uint64, size, want int) opFunc {
+	forget := make([]fuseclient.ForgetOne, 0, forgetBatch+size/64)
+	off := uint64(0)
+	seen := 0 // entries since offset 0, to check a full pass
+	return func(func() bool) (int, int, error) {
+		var ents []fuseclient.Direntplus
+		for range 2 { // at the end, once more from the start
+			var err error
+			ents, err = qc.Readdirplus(ctx, dir, fh, off, size)
 			if err != nil {
 				return 0, 0, fmt.Errorf("READDIRPLUS at %d: %w", off, err)
 			}
-			if len(ents) == 0 {
+			if len(ents) > 0 {
 				break
 			}
-			for _, e := range ents {
-				if e.Name == "." || e.Name == ".." {
-					continue
-				}
-				names++
-				if e.Entry.NodeID != 0 {
-					forget = append(forget, fuseclient.ForgetOne{NodeID: e.Entry.NodeID, Nlookup: 1})
-				}
+			if off == 0 {
+				return 0, 0, errors.New("READDIRPLUS of the directory returned nothing at offset 0")
 			}
-			off = ents[len(ents)-1].Off
-		}
-		if err := qc.Releasedir(ctx, dir, o.FH); err != nil {
-			return 0, 0, fmt.Errorf("RELEASEDIR: %w", err)
-		}
-		for j := 0; j < len(forget); j += forgetBatch {
-			if err := qc.BatchForget(ctx, forget[j:min(j+forgetBatch, len(forget))]); err != nil {
-				return 0, 0, fmt.Errorf("BATCH_FORGET: %w", err)
+			got := seen
+			off, seen = 0, 0
+			if got != want {
+				return 0, 0, fmt.Errorf("READDIRPLUS pass listed %d entries, the directory has %d", got, want)
 			}
 		}
-		if names != want {
-			return 0, names, fmt.Errorf("READDIRPLUS listed %d entries, the directory has %d", names, want)
+		names := 0
+		for _, e := range ents {
+			if e.Name == "." || e.Name == ".." {
+				continue
+			}
+			names++
+			if e.Entry.NodeID != 0 {
+				forget = append(forget, fuseclient.ForgetOne{NodeID: e.Entry.NodeID, Nlookup: 1})
+			}
+		}
+		seen += names
+		off = ents[len(ents)-1].Off
+		if len(forget) >= forgetBatch {
+			err := qc.BatchForget(ctx, forget)
+			forget = forget[:0]
+			if err != nil {
+				return 0, names, fmt.Errorf("BATCH_FORGET: %w", err)
+			}
 		}
 		return 0, names, nil
 	}

@@ -19,9 +19,11 @@
 //   - read128k, write128k, read1m, write1m: sequential, each worker streaming
 //     through its own part of the file
 //   - create: CREATE+RELEASE+UNLINK (+FORGET) / openat(O_CREAT|O_EXCL)+close+unlinkat
-//   - readdirplus: a whole listing of the big directory: OPENDIR, READDIRPLUS
-//     until the end, RELEASEDIR, BATCH_FORGET of every entry returned /
-//     open+getdents64+fstatat of every entry+close
+//   - readdirplus: one READDIRPLUS (4 KiB of room by default, as a Linux
+//     guest asks: about 24 entries) walking the big directory through the
+//     worker's open handle and around again, a BATCH_FORGET every 256 nodes
+//     looked up / getdents64 into a buffer for as many entries plus fstatat
+//     of each, seeking back to the start at the end
 //
 // Nothing here asserts on timing: callers decide what the numbers mean.
 package hostload

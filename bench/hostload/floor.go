@@ -19,6 +19,9 @@ type FloorConfig struct {
 	Workers          int
 	Warmup, Duration time.Duration
 	Share            *Share
+	// ReaddirSize is the READDIRPLUS size the floor's getdents64 buffer
+	// matches in entries (default 4096).
+	ReaddirSize int
 }
 
 // RunFloor runs the workload's syscall loop on Workers locked OS threads and
@@ -31,6 +34,9 @@ func RunFloor(ctx context.Context, c FloorConfig) (Result, error) {
 		return Result{}, err
 	}
 	n := max(c.Workers, 1)
+	if c.ReaddirSize <= 0 {
+		c.ReaddirSize = 4096
+	}
 	ops := make([]opFunc, n)
 	var fds []int
 	defer func() {
@@ -94,7 +100,12 @@ func RunFloor(ctx context.Context, c FloorConfig) (Result, error) {
 				return 0, 0, unix.Unlinkat(newFD, name, 0)
 			}
 		case "readdirplus":
-			ops[i] = floorListing(bigFD, c.Share.DirEntries)
+			op, fd, err := floorReaddir(bigFD, c.ReaddirSize)
+			if err != nil {
+				return Result{}, fmt.Errorf("open %s: %w", BigDirName, err)
+			}
+			fds = append(fds, fd)
+			ops[i] = op
 		default:
 			if !w.IsIO() {
 				return Result{}, fmt.Errorf("hostload: workload %q has no floor", w.Name)
@@ -125,53 +136,61 @@ func RunFloor(ctx context.Context, c FloorConfig) (Result, error) {
 	return drive(ctx, ops, driveConfig{Warmup: c.Warmup, Duration: c.Duration})
 }
 
-// floorListing opens the directory, reads it with getdents64 and stats
-// every entry relative to it, the host work behind a READDIRPLUS listing.
-func floorListing(dirFD, want int) opFunc {
-	buf := make([]byte, 32<<10)
-	return func(stop func() bool) (int, int, error) {
-		fd, err := unix.Openat(dirFD, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			return 0, 0, err
-		}
-		defer unix.Close(fd)
-		names := 0
-		var st unix.Stat_t
-		for {
-			if stop() {
-				return 0, 0, errAborted
+// floorReaddir is the host work behind one READDIRPLUS: getdents64 into
+// a buffer that holds as many entries as a READDIRPLUS reply of
+// readdirSize bytes does, then fstatat of each entry; at the end of the
+// directory it seeks back to the start.
+func floorReaddir(dirFD, readdirSize int) (opFunc, int, error) {
+	fd, err := unix.Openat(dirFD, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, -1, err
+	}
+	name := len(EntryName(0))
+	perReply := max(1, readdirSize/align8(direntplusHeader+name))
+	buf := make([]byte, perReply*align8(19+name+1))
+	var st unix.Stat_t
+	op := func(func() bool) (int, int, error) {
+		var n int
+		for range 2 {
+			var err error
+			if n, err = unix.Getdents(fd, buf); err != nil {
+				return 0, 0, err
 			}
-			n, err := unix.Getdents(fd, buf)
-			if err != nil {
-				return 0, names, err
-			}
-			if n == 0 {
+			if n > 0 {
 				break
 			}
-			for b := buf[:n]; len(b) >= 19; {
-				reclen := int(b[16]) | int(b[17])<<8
-				if reclen < 19 || reclen > len(b) {
-					return 0, names, fmt.Errorf("getdents64: bad record length %d", reclen)
-				}
-				name := b[19:reclen]
-				for j, ch := range name {
-					if ch == 0 {
-						name = name[:j]
-						break
-					}
-				}
-				b = b[reclen:]
-				if s := string(name); s != "." && s != ".." {
-					if err := unix.Fstatat(fd, s, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-						return 0, names, err
-					}
-					names++
-				}
+			if _, err := unix.Seek(fd, 0, 0); err != nil {
+				return 0, 0, err
 			}
 		}
-		if names != want {
-			return 0, names, fmt.Errorf("getdents64 listed %d entries, the directory has %d", names, want)
+		names := 0
+		for b := buf[:n]; len(b) >= 19; {
+			reclen := int(b[16]) | int(b[17])<<8
+			if reclen < 19 || reclen > len(b) {
+				return 0, names, fmt.Errorf("getdents64: bad record length %d", reclen)
+			}
+			nm := b[19:reclen]
+			for j, ch := range nm {
+				if ch == 0 {
+					nm = nm[:j]
+					break
+				}
+			}
+			b = b[reclen:]
+			if s := string(nm); s != "." && s != ".." {
+				if err := unix.Fstatat(fd, s, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+					return 0, names, err
+				}
+				names++
+			}
 		}
 		return 0, names, nil
 	}
+	return op, fd, nil
 }
+
+// direntplusHeader is sizeof(struct fuse_entry_out) + sizeof(struct
+// fuse_dirent), before the name.
+const direntplusHeader = 128 + 24
+
+func align8(n int) int { return (n + 7) &^ 7 }

@@ -29,7 +29,7 @@ func checkResult(t *testing.T, what string, w Workload, r Result) {
 	if w.IsIO() && r.Bytes != r.Ops*uint64(w.Size) {
 		t.Fatalf("%s %s: %d bytes for %d ops", what, w.Name, r.Bytes, r.Ops)
 	}
-	if w.Name == "readdirplus" && r.Entries != r.Ops*300 {
+	if w.Name == "readdirplus" && (r.Entries < r.Ops || r.Entries > r.Ops*24) {
 		t.Fatalf("%s %s: %d entries for %d listings", what, w.Name, r.Entries, r.Ops)
 	}
 }

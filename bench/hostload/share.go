@@ -33,7 +33,7 @@ var Workloads = []Workload{
 	{Name: "read1m", Size: 1 << 20, Seq: true, Desc: "1 MiB READ, sequential"},
 	{Name: "write1m", Size: 1 << 20, Write: true, Seq: true, Desc: "1 MiB WRITE, sequential"},
 	{Name: "create", Desc: "CREATE+RELEASE+UNLINK"},
-	{Name: "readdirplus", Desc: "whole READDIRPLUS listing of the big directory"},
+	{Name: "readdirplus", Desc: "READDIRPLUS walking the big directory"},
 }
 
 // LookupWorkload returns the workload called name.

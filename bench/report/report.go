@@ -258,7 +258,7 @@ func cpuUs(d time.Duration) string {
 // WriteHostTable prints the host rows as one aligned table.
 func WriteHostTable(w io.Writer, rows []*Row) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "workload\tdepth\tq\t| vfsd ops/s\tp50\tp99\tp99.9\t| ref ops/s\tp50\tp99\tp99.9\t| ops ratio\tp99 ratio\t| cpu µs/op vfsd\tref\t| floor ops/s\tcpu µs/op\t| vfsd/floor\t")
+	fmt.Fprintln(tw, "workload\tdepth\tq\t|\tvfsd ops/s\tp50\tp99\tp99.9\t|\tref ops/s\tp50\tp99\tp99.9\t|\tops ratio\tp99 ratio\t|\tcpu µs/op vfsd\tref\t|\tfloor ops/s\tcpu µs/op\t|\tvfsd/floor\t")
 	for _, r := range rows {
 		v, f := r.Vfsd, r.Floor
 		cols := []string{r.Workload, fmt.Sprint(r.Depth), fmt.Sprint(r.Queues)}
@@ -298,35 +298,33 @@ func WriteHostTable(w io.Writer, rows []*Row) {
 	tw.Flush()
 }
 
-// bar prefixes the first column of a group with the group separator.
+// bar puts the group separator column before a group of columns.
 func bar(c []string) []string {
-	c = slices.Clone(c)
-	c[0] = "| " + c[0]
-	return c
+	return append([]string{"|"}, c...)
 }
 
 // WriteGuestTable prints the guest rows.
 func WriteGuestTable(w io.Writer, rows []*GuestRow) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "job\tcache\t| vfsd IOPS\tMB/s\tclat p50\tp99\t| ref IOPS\tMB/s\tclat p50\tp99\t| ratio\tp99 ratio\t")
+	fmt.Fprintln(tw, "job\tcache\t|\tvfsd IOPS\tMB/s\tclat p50\tp99\t|\tref IOPS\tMB/s\tclat p50\tp99\t|\tratio\tp99 ratio\t")
 	for _, r := range rows {
 		side := func(g *GuestValue) []string {
 			switch {
 			case g == nil:
-				return []string{"| n/a", "", "", ""}
+				return []string{"|", "n/a", "", "", ""}
 			case g.Error != "":
-				return []string{"| FAILED", "", "", ""}
+				return []string{"|", "FAILED", "", "", ""}
 			}
 			mb := "-"
 			if g.MBPerSec > 0 {
 				mb = fmt.Sprintf("%.1f", g.MBPerSec)
 			}
-			return []string{"| " + Rate(g.IOPS), mb, Dur(g.P50), Dur(g.P99)}
+			return []string{"|", Rate(g.IOPS), mb, Dur(g.P50), Dur(g.P99)}
 		}
 		cols := []string{r.Job, r.Cache}
 		cols = append(cols, side(r.Vfsd)...)
 		cols = append(cols, side(r.Ref)...)
-		cols = append(cols, "| "+ratio(r.Ratio), ratio(r.P99Ratio))
+		cols = append(cols, "|", ratio(r.Ratio), ratio(r.P99Ratio))
 		fmt.Fprintln(tw, strings.Join(cols, "\t")+"\t")
 	}
 	tw.Flush()

@@ -1,0 +1,496 @@
+// Package harness runs the whole benchmark: every host workload on vfsd and
+// on the reference virtiofsd (interleaved, repeated), the syscall floor, a
+// CPU profile of vfsd per workload when it offers --pprof-addr, and the
+// in-guest fio runs; then it prints the tables and writes the JSON and the
+// plots. bench/cmd/vfsdbench is its command line.
+package harness
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/pprof/profile"
+	"golang.org/x/sys/unix"
+
+	"vfsd/bench/guestfio"
+	"vfsd/bench/hostload"
+	"vfsd/bench/prof"
+	"vfsd/bench/report"
+	"vfsd/tools/daemon"
+)
+
+// Options configure a harness run.
+type Options struct {
+	VfsdBin, RefBin string
+	Workloads       []hostload.Workload
+	Depths          []int
+	// VfsdQueues adds rows where vfsd serves this many request queues (the
+	// reference serves one); <= 1: none.
+	VfsdQueues       int
+	Repeat           int
+	Warmup, Duration time.Duration
+	Cache            string
+	FileSize         int64
+	DirEntries       int
+	ReaddirSize      int
+	// ShareDir is the host directory the daemons serve (default: a new
+	// temporary directory, removed at the end).
+	ShareDir string
+	// OutDir receives results.json, table.txt, the plots and profiles.
+	OutDir string
+	Floor  bool
+	// Profile: collect a CPU profile of vfsd per workload (when it has
+	// --pprof-addr), ProfileSeconds long, ProfileTop functions printed.
+	Profile        bool
+	ProfileSeconds int
+	ProfileTop     int
+	Plots          bool
+
+	Guest     bool
+	GuestOpts guestfio.Options
+
+	// Out gets the tables, Progress the progress lines.
+	Out      io.Writer
+	Progress io.Writer
+}
+
+// Settings is what of Options goes into the JSON.
+type Settings struct {
+	Workloads      []string      `json:"workloads"`
+	Depths         []int         `json:"depths"`
+	VfsdQueues     int           `json:"vfsd_queues"`
+	Repeat         int           `json:"repeat"`
+	Warmup         time.Duration `json:"warmup_ns"`
+	Duration       time.Duration `json:"duration_ns"`
+	Cache          string        `json:"cache"`
+	FileSize       int64         `json:"file_size"`
+	DirEntries     int           `json:"dir_entries"`
+	ReaddirSize    int           `json:"readdir_size"`
+	ShareDir       string        `json:"share_dir"`
+	Guest          bool          `json:"guest"`
+	GuestJobs      []string      `json:"guest_jobs,omitempty"`
+	GuestCaches    []string      `json:"guest_caches,omitempty"`
+	GuestRuntime   time.Duration `json:"guest_runtime_ns,omitempty"`
+	ProfileSeconds int           `json:"profile_seconds,omitempty"`
+}
+
+// config is one row's shape.
+type config struct{ depth, queues int }
+
+func (o *Options) configs() []config {
+	var cs []config
+	for _, d := range o.Depths {
+		cs = append(cs, config{d, 1})
+	}
+	if o.VfsdQueues > 1 {
+		for _, d := range o.Depths {
+			cs = append(cs, config{d, o.VfsdQueues})
+		}
+	}
+	return cs
+}
+
+// plannedRuns counts the measured runs (for the progress line and the estimate).
+func (o *Options) plannedRuns(profile bool) (daemonRuns, floorRuns, profRuns int) {
+	for _, c := range o.configs() {
+		n := o.Repeat
+		if c.queues == 1 {
+			n *= 2
+		}
+		daemonRuns += n * len(o.Workloads)
+		if o.Floor {
+			floorRuns += len(o.Workloads)
+		}
+	}
+	if profile {
+		profRuns = len(o.Workloads)
+	}
+	return
+}
+
+// Estimate is a rough wall time of the run (host part, and guest part).
+func (o *Options) Estimate(profile bool) (host, guest time.Duration) {
+	d, f, p := o.plannedRuns(profile)
+	per := o.Warmup + o.Duration
+	host = time.Duration(d)*(per+300*time.Millisecond) + time.Duration(f)*(per+50*time.Millisecond) +
+		time.Duration(p)*(time.Duration(o.ProfileSeconds)*time.Second+o.Warmup+500*time.Millisecond)
+	if o.Guest {
+		guest = guestfio.Estimate(o.GuestOpts)
+	}
+	return host, guest
+}
+
+type progress struct {
+	w           io.Writer
+	start       time.Time
+	done, total int
+	tty         bool
+}
+
+func (p *progress) line(format string, args ...any) {
+	if p.w == nil {
+		return
+	}
+	msg := fmt.Sprintf(format, args...)
+	el := time.Since(p.start).Round(time.Second)
+	if p.total > 0 {
+		fmt.Fprintf(p.w, "[%3d/%d %v] %s\n", p.done, p.total, el, msg)
+	} else {
+		fmt.Fprintf(p.w, "[%v] %s\n", el, msg)
+	}
+}
+
+// Run runs the benchmark and returns its report (also when ctx ends early:
+// what was measured until then, with a note).
+func Run(ctx context.Context, o Options) (*report.Report, error) {
+	if o.Repeat <= 0 {
+		o.Repeat = 1
+	}
+	if o.Out == nil {
+		o.Out = io.Discard
+	}
+	if o.RefBin == "" {
+		o.RefBin = daemon.VirtiofsdPath
+	}
+	for _, b := range []string{o.VfsdBin, o.RefBin} {
+		if _, err := os.Stat(b); err != nil {
+			return nil, fmt.Errorf("harness: daemon binary: %w", err)
+		}
+	}
+	if err := os.MkdirAll(o.OutDir, 0o755); err != nil {
+		return nil, err
+	}
+	rep := &report.Report{Started: time.Now(), Machine: machine(o)}
+	rep.Settings = o.settings()
+
+	profile := false
+	if o.Profile {
+		if prof.Supported(ctx, o.VfsdBin) {
+			profile = true
+		} else {
+			rep.Notes = append(rep.Notes, fmt.Sprintf("no CPU profiles: %s has no %s option (yet)", o.VfsdBin, prof.Flag))
+		}
+	}
+	d, f, p := o.plannedRuns(profile)
+	pr := &progress{w: o.Progress, start: time.Now(), total: d + f + p}
+	hostEst, guestEst := o.Estimate(profile)
+	pr.line("plan: %d daemon runs, %d floor runs, %d profile runs (about %v), guest: %v", d, f, p,
+		hostEst.Round(time.Second), guestEst.Round(time.Second))
+
+	shareDir := o.ShareDir
+	if shareDir == "" {
+		var err error
+		if shareDir, err = os.MkdirTemp("", "vfsd-bench-share-"); err != nil {
+			return nil, err
+		}
+		defer os.RemoveAll(shareDir)
+	}
+	share, err := hostload.PrepareShare(shareDir, o.FileSize, o.DirEntries)
+	if err != nil {
+		return nil, fmt.Errorf("harness: prepare share: %w", err)
+	}
+	sockDir, err := os.MkdirTemp("", "vfsd-bench-sock-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(sockDir)
+
+	finish := func() (*report.Report, error) {
+		rep.Elapsed = time.Since(rep.Started)
+		rep.Machine.LoadEnd = loadAvg()
+		if ctx.Err() != nil {
+			rep.Notes = append(rep.Notes, "interrupted: the report holds what was measured until then")
+		}
+		return rep, writeOutputs(o, rep)
+	}
+
+	for _, w := range o.Workloads {
+		for _, c := range o.configs() {
+			row := &report.Row{Workload: w.Name, Depth: c.depth, Queues: c.queues, Vfsd: &report.Agg{}}
+			if c.queues == 1 {
+				row.Ref = &report.Agg{}
+			}
+			rep.Host = append(rep.Host, row)
+			for rep1 := 1; rep1 <= o.Repeat; rep1++ {
+				kinds := []daemon.Kind{daemon.Vfsd, daemon.Virtiofsd}
+				if c.queues > 1 {
+					kinds = kinds[:1]
+				}
+				for _, k := range kinds {
+					if ctx.Err() != nil {
+						return finish()
+					}
+					pr.done++
+					pr.line("%s depth=%d queues=%d %s (%d/%d)", w.Name, c.depth, c.queues, k, rep1, o.Repeat)
+					agg, bin := row.Vfsd, o.VfsdBin
+					if k == daemon.Virtiofsd {
+						agg, bin = row.Ref, o.RefBin
+					}
+					res, err := hostload.RunDaemon(ctx, hostload.DaemonConfig{Kind: k, Bin: bin, Cache: o.Cache,
+						Workload: w, Depth: c.depth, Queues: c.queues, Warmup: o.Warmup, Duration: o.Duration,
+						Share: share, SockDir: sockDir, ReaddirSize: o.ReaddirSize})
+					if err != nil {
+						if ctx.Err() != nil {
+							return finish()
+						}
+						agg.Fail(err)
+						pr.line("  FAILED: %s", firstLine(err))
+						continue
+					}
+					if res.Errors > 0 {
+						pr.line("  %d of %d operations failed, first: %s", res.Errors, res.Ops, res.FirstError)
+					}
+					agg.Add(res)
+				}
+			}
+			row.Vfsd.Finish()
+			if row.Ref != nil {
+				row.Ref.Finish()
+			}
+			row.Ratios()
+			if o.Floor {
+				if ctx.Err() != nil {
+					return finish()
+				}
+				pr.done++
+				pr.line("%s floor, %d threads", w.Name, c.depth*c.queues)
+				row.Floor = &report.Agg{}
+				res, err := hostload.RunFloor(ctx, hostload.FloorConfig{Workload: w, Workers: c.depth * c.queues,
+					Warmup: o.Warmup, Duration: o.Duration, Share: share, ReaddirSize: o.ReaddirSize})
+				if err != nil {
+					if ctx.Err() != nil {
+						return finish()
+					}
+					row.Floor.Fail(err)
+					pr.line("  FAILED: %s", firstLine(err))
+				} else {
+					row.Floor.Add(res)
+				}
+				row.Floor.Finish()
+			}
+			noteErrors(rep, row)
+		}
+		if profile {
+			if ctx.Err() != nil {
+				return finish()
+			}
+			pr.done++
+			pr.line("%s: CPU profile of vfsd, depth=%d, %ds", w.Name, maxDepth(o.Depths), o.ProfileSeconds)
+			rep.Profiles = append(rep.Profiles, profileRun(ctx, o, w, share, sockDir))
+		}
+		if o.Plots {
+			plotWorkload(o, rep, w.Name)
+		}
+	}
+
+	if o.Guest && ctx.Err() == nil {
+		g := o.GuestOpts
+		g.VfsdBin, g.RefBin = o.VfsdBin, o.RefBin
+		g.Progress = func(format string, args ...any) { pr.line(format, args...) }
+		rows, notes, err := guestfio.Run(ctx, g)
+		rep.Guest = rows
+		rep.Notes = append(rep.Notes, notes...)
+		if err != nil && ctx.Err() == nil {
+			rep.Notes = append(rep.Notes, "guest benchmark: "+err.Error())
+		}
+	}
+	return finish()
+}
+
+func maxDepth(ds []int) int {
+	m := 1
+	for _, d := range ds {
+		m = max(m, d)
+	}
+	return m
+}
+
+func firstLine(err error) string {
+	s := err.Error()
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		s = s[:i]
+	}
+	return s
+}
+
+func noteErrors(rep *report.Report, row *report.Row) {
+	for name, a := range map[string]*report.Agg{"vfsd": row.Vfsd, "ref": row.Ref, "floor": row.Floor} {
+		if a == nil {
+			continue
+		}
+		where := fmt.Sprintf("%s depth=%d queues=%d %s", row.Workload, row.Depth, row.Queues, name)
+		for _, e := range a.Errors {
+			rep.Notes = append(rep.Notes, fmt.Sprintf("%s: run failed: %s", where, e))
+		}
+		if n, first := a.ErrCount(); n > 0 {
+			rep.Notes = append(rep.Notes, fmt.Sprintf("%s: %d operations failed (counted in ops/s), first: %s", where, n, first))
+		}
+	}
+}
+
+// profileRun measures one extra vfsd run with the pprof endpoint on, taking
+// a CPU profile over its measured window.
+func profileRun(ctx context.Context, o Options, w hostload.Workload, share *hostload.Share, sockDir string) *report.Profile {
+	depth := maxDepth(o.Depths)
+	pp := &report.Profile{Workload: w.Name, Depth: depth}
+	addr, err := prof.FreeAddr()
+	if err != nil {
+		pp.Error = err.Error()
+		return pp
+	}
+	var raw []byte
+	var ferr error
+	var top prof.Top
+	_, err = hostload.RunDaemon(ctx, hostload.DaemonConfig{Kind: daemon.Vfsd, Bin: o.VfsdBin, Cache: o.Cache,
+		Extra: []string{prof.Flag + "=" + addr}, Workload: w, Depth: depth, Queues: 1, Warmup: o.Warmup,
+		Duration: time.Duration(o.ProfileSeconds) * time.Second, Share: share, SockDir: sockDir, ReaddirSize: o.ReaddirSize,
+		During: func(ctx context.Context, _ *daemon.Daemon) {
+			var p *profile.Profile
+			p, raw, ferr = prof.Fetch(ctx, addr, o.ProfileSeconds)
+			if ferr == nil {
+				top, ferr = prof.TopFuncs(p, o.ProfileTop)
+			}
+		}})
+	switch {
+	case err != nil:
+		pp.Error = "profiled run: " + firstLine(err)
+	case ferr != nil:
+		pp.Error = ferr.Error()
+	default:
+		pp.Top = top
+		pp.Text = top.Format("    ")
+		file := filepath.Join(o.OutDir, "cpu-"+w.Name+".pprof")
+		if werr := os.WriteFile(file, raw, 0o644); werr == nil {
+			pp.File = file
+		}
+	}
+	return pp
+}
+
+func plotWorkload(o Options, rep *report.Report, workload string) {
+	var series []report.Series
+	var floors []report.Series
+	for _, r := range rep.Host {
+		if r.Workload != workload {
+			continue
+		}
+		cfg := fmt.Sprintf("depth %d", r.Depth)
+		if r.Queues > 1 {
+			cfg += fmt.Sprintf(", %d queues", r.Queues)
+		}
+		dashed := r.Depth > 1
+		width := 1.0
+		if r.Queues > 1 {
+			width = 0.6
+		}
+		if r.Vfsd != nil && len(r.Vfsd.Lat) > 0 {
+			series = append(series, report.Series{Label: "vfsd " + cfg, Kind: "vfsd", Dashed: dashed, Width: width, Lat: r.Vfsd.Lat})
+		}
+		if r.Ref != nil && len(r.Ref.Lat) > 0 {
+			series = append(series, report.Series{Label: "virtiofsd " + cfg, Kind: "ref", Dashed: dashed, Lat: r.Ref.Lat})
+		}
+		if r.Floor != nil && len(r.Floor.Lat) > 0 && r.Queues == 1 {
+			floors = append(floors, report.Series{Label: fmt.Sprintf("syscall floor, %d threads", r.Depth), Kind: "floor",
+				Dashed: dashed, Width: 0.7, Lat: r.Floor.Lat})
+		}
+	}
+	series = append(series, floors...)
+	if len(series) == 0 {
+		return
+	}
+	path := filepath.Join(o.OutDir, "latency-"+workload+".png")
+	if err := report.PlotCDF(path, fmt.Sprintf("%s: latency CDF, vfsd vs virtiofsd (host frontend)", workload), series); err != nil {
+		rep.Notes = append(rep.Notes, fmt.Sprintf("plot %s: %v", workload, err))
+	}
+}
+
+// writeOutputs prints the tables and writes results.json and table.txt.
+func writeOutputs(o Options, rep *report.Report) error {
+	var b strings.Builder
+	writeText(&b, rep)
+	fmt.Fprint(o.Out, b.String())
+	errs := []error{
+		os.WriteFile(filepath.Join(o.OutDir, "table.txt"), []byte(b.String()), 0o644),
+		rep.WriteJSON(filepath.Join(o.OutDir, "results.json")),
+	}
+	fmt.Fprintf(o.Out, "\nresults: %s\n", o.OutDir)
+	return errors.Join(errs...)
+}
+
+func writeText(w io.Writer, rep *report.Report) {
+	m := rep.Machine
+	fmt.Fprintf(w, "\nvfsd benchmark, %s, %v; kernel %s, %d CPUs, load average %.2f at start, %.2f at end\n",
+		rep.Started.Format(time.RFC3339), rep.Elapsed.Round(time.Second), m.Kernel, m.CPUs, m.LoadStart, m.LoadEnd)
+	fmt.Fprintf(w, "vfsd: %s %s; reference: %s\n", m.VfsdBin, m.VfsdVersion, m.RefBin)
+	if m.LoadStart > float64(m.CPUs)/2 || m.LoadEnd > float64(m.CPUs)/2 {
+		fmt.Fprintf(w, "CAVEAT: the machine was loaded (load average above half the CPUs): numbers are indicative only\n")
+	}
+	if len(rep.Host) > 0 {
+		fmt.Fprintf(w, "\nHost workloads through the project's vhost-user frontend (ops/s: median of the repeats; latency percentiles: all samples pooled;\n")
+		fmt.Fprintf(w, "ratio: vfsd/reference; cpu µs/op: daemon process tree (user+sys); floor: the same syscalls in-process, depth x queues threads)\n\n")
+		report.WriteHostTable(w, rep.Host)
+	}
+	for _, p := range rep.Profiles {
+		if p.Error != "" {
+			fmt.Fprintf(w, "\nvfsd CPU profile, %s depth=%d: %s\n", p.Workload, p.Depth, p.Error)
+			continue
+		}
+		fmt.Fprintf(w, "\nvfsd CPU profile, %s depth=%d (%s):\n%s", p.Workload, p.Depth, p.File, p.Text)
+	}
+	if len(rep.Guest) > 0 {
+		fmt.Fprintf(w, "\nIn-guest fio / stress-ng (QEMU TCG guest; IOPS, or bogo ops/s for dentry; ratio: vfsd/reference)\n\n")
+		report.WriteGuestTable(w, rep.Guest)
+	}
+	if len(rep.Notes) > 0 {
+		fmt.Fprintf(w, "\nNotes:\n")
+		for _, n := range rep.Notes {
+			fmt.Fprintf(w, "  - %s\n", n)
+		}
+	}
+}
+
+func (o *Options) settings() Settings {
+	s := Settings{Depths: o.Depths, VfsdQueues: o.VfsdQueues, Repeat: o.Repeat, Warmup: o.Warmup,
+		Duration: o.Duration, Cache: o.Cache, FileSize: o.FileSize, DirEntries: o.DirEntries,
+		ReaddirSize: o.ReaddirSize, ShareDir: o.ShareDir, Guest: o.Guest}
+	for _, w := range o.Workloads {
+		s.Workloads = append(s.Workloads, w.Name)
+	}
+	if o.Guest {
+		s.GuestJobs, s.GuestCaches, s.GuestRuntime = o.GuestOpts.Jobs, o.GuestOpts.Caches, o.GuestOpts.Runtime
+	}
+	if o.Profile {
+		s.ProfileSeconds = o.ProfileSeconds
+	}
+	return s
+}
+
+func machine(o Options) report.Machine {
+	m := report.Machine{CPUs: runtime.NumCPU(), LoadStart: loadAvg(), VfsdBin: o.VfsdBin, RefBin: o.RefBin}
+	var u unix.Utsname
+	if unix.Uname(&u) == nil {
+		m.Kernel = unix.ByteSliceToString(u.Release[:])
+	}
+	if out, err := exec.Command("git", "rev-parse", "--short", "HEAD").Output(); err == nil {
+		m.VfsdVersion = "(tree at " + strings.TrimSpace(string(out)) + ")"
+	}
+	return m
+}
+
+func loadAvg() float64 {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return 0
+	}
+	f, _ := strconv.ParseFloat(strings.Fields(string(b))[0], 64)
+	return f
+}
