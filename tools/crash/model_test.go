@@ -374,7 +374,9 @@ func opAppend(ctx context.Context, w *client) (bool, error) {
 		return true, err
 	}
 	if int(n) != len(data) {
-		return true, w.fail("WRITE O_APPEND", "wrote %d of %d bytes", n, len(data))
+		end := len(o.data) + int(n)
+		return true, w.fail("WRITE O_APPEND", "reply: wrote %d of %d bytes (a short write a crash-free daemon never gives; file size before %d, "+
+			"so the write stopped at offset %d, a page boundary: %v)", n, len(data), len(o.data), end, end%4096 == 0)
 	}
 	o.data = append(o.data, data...)
 	return true, nil
