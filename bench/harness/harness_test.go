@@ -1,0 +1,107 @@
+package harness
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"vfsd/bench/hostload"
+	"vfsd/bench/report"
+	"vfsd/tools/daemon"
+)
+
+// vfsdBin is $VFSD_BIN, else a fresh build of ./cmd/vfsd.
+func vfsdBin(t *testing.T) string {
+	if b := os.Getenv("VFSD_BIN"); b != "" {
+		if _, err := os.Stat(b); err == nil {
+			return b
+		}
+	}
+	b, err := daemon.BuildVfsd(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// The harness end to end on a tiny configuration: both daemons, two queues
+// for vfsd, the floor, plots; checks the table, the JSON and the PNGs, not
+// the numbers.
+func TestHarnessTiny(t *testing.T) {
+	if _, err := os.Stat(daemon.VirtiofsdPath); err != nil {
+		t.Skipf("reference daemon not installed: %v", err)
+	}
+	var ws []hostload.Workload
+	for _, n := range []string{"getattr", "write4k", "readdirplus"} {
+		w, err := hostload.LookupWorkload(n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ws = append(ws, w)
+	}
+	out := t.TempDir()
+	var table, prog bytes.Buffer
+	o := Options{VfsdBin: vfsdBin(t), Workloads: ws, Depths: []int{4}, VfsdQueues: 2, Repeat: 2,
+		Warmup: 100 * time.Millisecond, Duration: 250 * time.Millisecond, Cache: "auto", FileSize: 2 << 20,
+		DirEntries: 200, ReaddirSize: 4096, OutDir: out, Floor: true, Profile: true, ProfileSeconds: 1,
+		ProfileTop: 5, Plots: true, Out: &table, Progress: &prog}
+	rep, err := Run(context.Background(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("\n%s", table.String())
+	// 3 workloads x (1 queue, 2 queues).
+	if len(rep.Host) != 6 {
+		t.Fatalf("%d host rows, want 6", len(rep.Host))
+	}
+	for _, r := range rep.Host {
+		if r.Vfsd == nil || len(r.Vfsd.Runs) != 2 || r.Floor == nil || len(r.Floor.Runs) != 1 {
+			t.Fatalf("row %s depth=%d q=%d: missing runs: %+v", r.Workload, r.Depth, r.Queues, r)
+		}
+		if (r.Queues == 1) != (r.Ref != nil) {
+			t.Fatalf("row %s q=%d: reference present=%v", r.Workload, r.Queues, r.Ref != nil)
+		}
+		if r.Ref != nil && (len(r.Ref.Runs) != 2 || r.OpsRatio <= 0 || r.P99Ratio <= 0) {
+			t.Fatalf("row %s depth=%d: reference runs %d, ratios %v %v", r.Workload, r.Depth, len(r.Ref.Runs), r.OpsRatio, r.P99Ratio)
+		}
+	}
+	for _, n := range rep.Notes {
+		if strings.Contains(n, "failed") {
+			t.Errorf("note: %s", n)
+		}
+	}
+	txt := table.String()
+	for _, want := range []string{"vfsd ops/s", "readdirplus", "floor ops/s", "results: " + out} {
+		if !strings.Contains(txt, want) {
+			t.Errorf("table lacks %q", want)
+		}
+	}
+	if !strings.Contains(prog.String(), "getattr depth=4 queues=2 vfsd (2/2)") {
+		t.Errorf("progress lines lack a run:\n%s", prog.String())
+	}
+	b, err := os.ReadFile(filepath.Join(out, "results.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back report.Report
+	if err := json.Unmarshal(b, &back); err != nil {
+		t.Fatal(err)
+	}
+	if len(back.Host) != 6 || back.Host[0].Vfsd.Samples == 0 || len(back.Host[0].Vfsd.Hist) == 0 {
+		t.Fatalf("JSON round trip lost rows or samples")
+	}
+	for _, w := range ws {
+		fi, err := os.Stat(filepath.Join(out, "latency-"+w.Name+".png"))
+		if err != nil || fi.Size() < 1000 {
+			t.Fatalf("plot for %s: %v", w.Name, err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(out, "table.txt")); err != nil {
+		t.Fatal(err)
+	}
+}
