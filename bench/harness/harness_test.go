@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -44,9 +45,17 @@ func TestHarnessTiny(t *testing.T) {
 		}
 		ws = append(ws, w)
 	}
+	// A wrapper with --pprof-addr around the real vfsd exercises the
+	// profile path (its profile is the wrapper's own, nearly idle).
+	real := vfsdBin(t)
+	fake := filepath.Join(t.TempDir(), "fakevfsd")
+	if b, err := exec.Command("go", "build", "-o", fake, "./testdata/fakevfsd").CombinedOutput(); err != nil {
+		t.Fatalf("build fakevfsd: %v\n%s", err, b)
+	}
+	t.Setenv("FAKE_VFSD_REAL", real)
 	out := t.TempDir()
 	var table, prog bytes.Buffer
-	o := Options{VfsdBin: vfsdBin(t), Workloads: ws, Depths: []int{4}, VfsdQueues: 2, Repeat: 2,
+	o := Options{VfsdBin: fake, Workloads: ws, Depths: []int{4}, VfsdQueues: 2, Repeat: 2,
 		Warmup: 100 * time.Millisecond, Duration: 250 * time.Millisecond, Cache: "auto", FileSize: 2 << 20,
 		DirEntries: 200, ReaddirSize: 4096, OutDir: out, Floor: true, Profile: true, ProfileSeconds: 1,
 		ProfileTop: 5, Plots: true, Out: &table, Progress: &prog}
@@ -99,6 +108,17 @@ func TestHarnessTiny(t *testing.T) {
 		fi, err := os.Stat(filepath.Join(out, "latency-"+w.Name+".png"))
 		if err != nil || fi.Size() < 1000 {
 			t.Fatalf("plot for %s: %v", w.Name, err)
+		}
+	}
+	if len(rep.Profiles) != len(ws) {
+		t.Fatalf("%d profiles, want %d", len(rep.Profiles), len(ws))
+	}
+	for _, p := range rep.Profiles {
+		if p.Error != "" || p.File == "" || !strings.Contains(txt, "vfsd CPU profile, "+p.Workload) {
+			t.Fatalf("profile %s: error %q, file %q", p.Workload, p.Error, p.File)
+		}
+		if _, err := os.Stat(p.File); err != nil {
+			t.Fatal(err)
 		}
 	}
 	if _, err := os.Stat(filepath.Join(out, "table.txt")); err != nil {
