@@ -48,6 +48,9 @@ var errAborted = errors.New("hostload: operation cut short by the end of the run
 type opFunc func(stop func() bool) (bytes, entries int, err error)
 
 type driveConfig struct {
+	// Warmup is the least time before measuring; the warm-up also lasts
+	// until every worker finished one operation (at most maxWarmupWait
+	// more), so a slow first request does not fall into the window.
 	Warmup, Duration time.Duration
 	// During, when set, runs from the start of the measured window; the
 	// window lasts until it returns (and at least Duration).
@@ -58,8 +61,13 @@ type driveConfig struct {
 	CPU func() (time.Duration, error)
 }
 
+// maxWarmupWait bounds how long the warm-up waits past Warmup for every
+// worker's first operation.
+const maxWarmupWait = 5 * time.Second
+
 type driveWorker struct {
 	op      opFunc
+	warm    bool
 	lat     []time.Duration
 	ops     uint64
 	errs    uint64
@@ -86,6 +94,8 @@ func threadCPU() time.Duration {
 func drive(ctx context.Context, ops []opFunc, c driveConfig) (Result, error) {
 	var res Result
 	var phase atomic.Int32 // 0 warm-up, 1 measuring, 2 stopping
+	var warm atomic.Int32  // workers that finished an operation
+	allWarm := make(chan struct{})
 	stop := func() bool { return phase.Load() == 2 || ctx.Err() != nil }
 	ws := make([]*driveWorker, len(ops))
 	var wg sync.WaitGroup
@@ -110,6 +120,12 @@ func drive(ctx context.Context, ops []opFunc, c driveConfig) (Result, error) {
 				t0 := time.Now()
 				nb, ne, err := w.op(stop)
 				dt := time.Since(t0)
+				if !w.warm {
+					w.warm = true
+					if int(warm.Add(1)) == len(ops) {
+						close(allWarm)
+					}
+				}
 				if started {
 					w.cpuOps++
 				}
@@ -135,6 +151,11 @@ func drive(ctx context.Context, ops []opFunc, c driveConfig) (Result, error) {
 		}()
 	}
 	sleep(ctx, c.Warmup)
+	select {
+	case <-allWarm:
+	case <-ctx.Done():
+	case <-time.After(maxWarmupWait):
+	}
 	var cpu0 time.Duration
 	var cpuErr error
 	if c.CPU != nil {
