@@ -62,6 +62,9 @@ resumes where it stopped, without the frontend noticing. SIGHUP (or
   --control-socket=PATH    control socket answering "status" and "upgrade"
                            (default PATH.ctl with --socket-path; none with
                            --fd)
+  --seccomp=ACTION         what the worker's syscall filter does with a call
+                           outside its allowlist: kill (default), trap,
+                           errno, log or none (no filter)
   --print-capabilities     print the vhost-user backend JSON and exit
   -o OPT[,OPT...]          virtiofsd options: source=DIR, cache=MODE,
                            log_level=LEVEL, thread_pool_size=N; xattr,
@@ -125,6 +128,7 @@ func parseArgs(args []string) (config, error) {
 		return nil
 	})
 	fs.StringVar(&c.ControlSocket, "control-socket", "", "")
+	fs.Var(&c.Seccomp, "seccomp", "")
 	fs.BoolVar(&c.Help, "h", false, "")
 	fs.BoolVar(&c.Help, "help", false, "")
 	fs.Func("o", "", func(s string) error { return c.setOptions(s) })
@@ -232,6 +236,7 @@ func (c *config) workerArgs() []string {
 		"--thread-pool-size=" + strconv.Itoa(c.PoolSize),
 		"--num-request-queues=" + strconv.Itoa(c.RequestQueues),
 		"--log-level=" + levelName(c.LogLevel),
+		"--seccomp=" + c.Seccomp.String(),
 	}
 }
 

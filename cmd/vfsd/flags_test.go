@@ -7,9 +7,12 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"vfsd/seccomp"
 )
 
 func TestParseArgs(t *testing.T) {
@@ -31,6 +34,13 @@ func TestParseArgs(t *testing.T) {
 		}, ""},
 		{"virtiofsd -o", []string{"--socket-path=/s", "-o", "source=" + dir + ",cache=none", "-o", "xattr,no_posix_lock,log_level=warn"},
 			func(c config) bool { return c.SharedDir == dir && c.Cache == "never" && c.LogLevel == slog.LevelWarn }, ""},
+		{"seccomp default kill", []string{"--shared-dir=" + dir}, func(c config) bool {
+			return c.Seccomp == seccomp.ActionKill && slices.Contains(c.workerArgs(), "--seccomp=kill")
+		}, ""},
+		{"seccomp log", []string{"--seccomp=log"}, func(c config) bool {
+			return c.Seccomp == seccomp.ActionLog && slices.Contains(c.workerArgs(), "--seccomp=log")
+		}, ""},
+		{"bad seccomp", []string{"--seccomp=allow"}, nil, "kill, trap, errno, log or none"},
 		{"pool zero", []string{"--thread-pool-size=0"}, func(c config) bool { return c.PoolSize == 1 }, ""},
 		{"print capabilities", []string{"--print-capabilities"}, func(c config) bool { return c.PrintCaps }, ""},
 		{"help", []string{"--help"}, func(c config) bool { return c.Help }, ""},

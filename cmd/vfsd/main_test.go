@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -150,5 +152,59 @@ func TestControlSocket(t *testing.T) {
 	}
 	if _, err := os.Stat(sock + ".ctl"); !os.IsNotExist(err) {
 		t.Fatalf("control socket left behind: %v", err)
+	}
+}
+
+// The supervisor passes --seccomp to the worker, which installs the filter
+// (kill by default) once it serves: /proc/PID/status shows mode 2
+// (filter); with --seccomp=none it shows 0. The filtered worker still
+// answers the frontend.
+func TestWorkerSeccomp(t *testing.T) {
+	for _, c := range []struct{ flag, mode string }{{"", "2"}, {"--seccomp=none", "0"}, {"--seccomp=log", "2"}} {
+		t.Run("mode"+c.mode+c.flag, func(t *testing.T) {
+			args := []string{"--log-level=error"}
+			if c.flag != "" {
+				args = append(args, c.flag)
+			}
+			sock, conn, done, errb := startVfsd(t, args...)
+			var mode string
+			for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+				var out, serr bytes.Buffer
+				var st Status
+				if run([]string{"status", "--socket-path=" + sock}, &out, &serr) == 0 &&
+					json.Unmarshal(out.Bytes(), &st) == nil && st.WorkerPID != 0 && st.StoredFDs >= 2 {
+					// READY=1 comes after the filter: stored state means
+					// start-up got that far; poll the mode until it shows.
+					b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", st.WorkerPID))
+					for _, l := range strings.Split(string(b), "\n") {
+						if v, ok := strings.CutPrefix(l, "Seccomp:"); ok {
+							mode = strings.TrimSpace(v)
+						}
+					}
+					if mode == c.mode {
+						break
+					}
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("worker seccomp mode %q, want %q\n%s", mode, c.mode, errb.String())
+				}
+			}
+			// GET_FEATURES through the supervisor to the filtered worker.
+			conn.Write([]byte{1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0})
+			reply := make([]byte, 20)
+			conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if _, err := io.ReadFull(conn, reply); err != nil {
+				t.Fatalf("GET_FEATURES: %v\n%s", err, errb.String())
+			}
+			conn.Close()
+			select {
+			case code := <-done:
+				if code != 0 || strings.Contains(errb.String(), "bad system call") {
+					t.Fatalf("exit %d: %s", code, errb.String())
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("still running after the frontend disconnected")
+			}
+		})
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"vfsd/engine/dataplane"
+	"vfsd/seccomp"
 )
 
 // Cache modes (virtiofsd's -o cache=none is accepted as "never").
@@ -39,6 +40,11 @@ type Options struct {
 	// LISTEN_FDS. Resume: a predecessor died or was upgraded
 	// (VFSD_RESUME=1): take its state back and resume the rings.
 	Supervised, Resume bool
+
+	// Seccomp is what the syscall filter, installed as the last step of
+	// start-up, does with a syscall the allowlist lacks (the zero value is
+	// seccomp.ActionKill; ActionNone installs nothing).
+	Seccomp seccomp.Action
 
 	Logger *slog.Logger // nil means slog.Default()
 }

@@ -189,6 +189,9 @@ func serve(ctx context.Context, fd int, fs *passthrough.FS, o Options, log *slog
 	if err != nil {
 		return err
 	}
+	if err := lockDown(o, log); err != nil {
+		return err
+	}
 	log.Info("vhost-user frontend connected", "queues", dev.NumQueues(), "resume", o.Resume)
 	if st != nil {
 		if err := fdstore.Ready(); err != nil {

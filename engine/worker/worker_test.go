@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"vfsd/seccomp"
 )
 
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
@@ -82,6 +84,7 @@ func TestRunConnFD(t *testing.T) {
 	}
 	o := DefaultOptions()
 	o.ConnFD, o.SharedDir, o.Logger, o.RequestQueues = sp[1], t.TempDir(), quiet(), 3
+	o.Seccomp = seccomp.ActionNone // in-process: a filter would outlive the test
 	if err := o.Validate(); err != nil {
 		t.Fatal(err)
 	}
@@ -116,6 +119,7 @@ func TestRunCancelWhileListening(t *testing.T) {
 	o := DefaultOptions()
 	o.SocketPath = filepath.Join(t.TempDir(), "s.sock")
 	o.SharedDir, o.Logger = t.TempDir(), quiet()
+	o.Seccomp = seccomp.ActionNone
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- Run(ctx, o) }()
