@@ -29,6 +29,19 @@ const VirtiofsdPath = "/usr/lib/qemu/virtiofsd"
 // EnvVar selects the backend for end-to-end tests.
 const EnvVar = "VFSD_E2E_DAEMON"
 
+// ArgsEnvVar holds extra vfsd arguments for end-to-end tests, separated by
+// spaces (e.g. "--seccomp=log --no-supervisor"); see ExtraFromEnv.
+const ArgsEnvVar = "VFSD_E2E_ARGS"
+
+// ExtraFromEnv returns the arguments in $VFSD_E2E_ARGS for backend k (none
+// for the reference daemon, which has other flags).
+func ExtraFromEnv(k Kind) []string {
+	if k != Vfsd {
+		return nil
+	}
+	return strings.Fields(os.Getenv(ArgsEnvVar))
+}
+
 // FromEnv returns the backend named by $VFSD_E2E_DAEMON (default vfsd).
 func FromEnv() (Kind, error) {
 	switch v := os.Getenv(EnvVar); v {

@@ -6,7 +6,9 @@
 // The backend is chosen by VFSD_E2E_DAEMON=vfsd|virtiofsd (default vfsd,
 // built once per test binary from ./cmd/vfsd). Cases where the reference
 // daemon legitimately differs (it lacks an opcode) are skipped only for it,
-// with the reason in the skip message.
+// with the reason in the skip message. VFSD_E2E_ARGS adds vfsd arguments
+// (space-separated), e.g. "--seccomp=log" while tools/sysaudit traces the
+// worker, or "--no-supervisor".
 //
 // Start is exported so that other host-side suites (crash injection,
 // benchmarks) can reuse the harness.

@@ -102,7 +102,7 @@ func Start(t testing.TB, o Options) *Env {
 		t.Fatal(err)
 	}
 	cfg := daemon.Config{Kind: kind, Socket: filepath.Join(tmp, "vhost.sock"), SharedDir: e.Dir,
-		Cache: o.Cache, Full: true}
+		Cache: o.Cache, Full: true, Extra: daemon.ExtraFromEnv(kind)}
 	if kind == daemon.Vfsd {
 		bin, err := VfsdBinary()
 		if err != nil {
