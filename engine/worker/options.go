@@ -46,6 +46,11 @@ type Options struct {
 	// seccomp.ActionKill; ActionNone installs nothing).
 	Seccomp seccomp.Action
 
+	// Filesystem switches handed to engine/passthrough (virtiofsd's
+	// -o no_xattr, --writeback, --allow-direct-io). vfsd serves extended
+	// attributes unless NoXattr is set.
+	NoXattr, Writeback, AllowDirectIO bool
+
 	Logger *slog.Logger // nil means slog.Default()
 }
 

@@ -62,7 +62,8 @@ func runSupervised(ctx context.Context, o Options, log *slog.Logger) error {
 		return err
 	}
 	defer st.close()
-	po := passthrough.Options{Root: o.SharedDir, Cache: o.Cache, Xattr: true,
+	po := passthrough.Options{Root: o.SharedDir, Cache: o.Cache, Xattr: !o.NoXattr,
+		Writeback: o.Writeback, AllowDirectIO: o.AllowDirectIO,
 		Queues: journalQueues(o.RequestQueues), FDStore: store}
 	if resume {
 		po.Resume = byName // the filesystem owns them from here on

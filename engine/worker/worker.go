@@ -116,7 +116,8 @@ func Run(ctx context.Context, o Options) error {
 	if o.Supervised {
 		return runSupervised(ctx, o, log)
 	}
-	fs, err := passthrough.New(passthrough.Options{Root: o.SharedDir, Cache: o.Cache, Xattr: true,
+	fs, err := passthrough.New(passthrough.Options{Root: o.SharedDir, Cache: o.Cache, Xattr: !o.NoXattr,
+		Writeback: o.Writeback, AllowDirectIO: o.AllowDirectIO,
 		Queues: journalQueues(o.RequestQueues)})
 	if err != nil {
 		return fmt.Errorf("shared directory %s: %w", o.SharedDir, err)
