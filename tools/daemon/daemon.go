@@ -292,30 +292,111 @@ func (d *Daemon) FDsToInode(dev, ino uint64) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	tree := map[int]bool{d.PID(): true}
+	n := 0
+	for _, p := range tree(procs, d.PID()) {
+		n += fdsToInode(p, dev, ino)
+	}
+	return n, nil
+}
+
+// FDCount is how many fds the daemon's process tree holds on one file,
+// split between the process serving requests and the rest of the tree.
+type FDCount struct {
+	// Supervised: the tree has a vfsd worker (a process whose argv[1] is
+	// "worker"), which serves requests; the rest is the supervisor, whose
+	// fd store holds a copy of every open file's fd on purpose.
+	Supervised bool
+	Worker     int // fds in the worker; without one, in the whole tree
+	Rest       int // fds in the other processes of the tree (0 without a worker)
+}
+
+// FDsSplit counts the fds on the file at path like FDsTo, split by
+// process (see FDCount).
+func (d *Daemon) FDsSplit(path string) (FDCount, error) {
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		return FDCount{}, err
+	}
+	procs, err := readProcs()
+	if err != nil {
+		return FDCount{}, err
+	}
+	var c FDCount
+	for _, p := range tree(procs, d.PID()) {
+		n := fdsToInode(p, uint64(st.Dev), st.Ino)
+		if IsWorker(p) {
+			c.Supervised = true
+			c.Worker += n
+		} else {
+			c.Rest += n
+		}
+	}
+	if !c.Supervised {
+		c.Worker, c.Rest = c.Rest, 0
+	}
+	return c, nil
+}
+
+// WorkerPID returns the pid of the vfsd worker in the daemon's process tree
+// (a process whose argv[1] is "worker"), or false when there is none
+// (--no-supervisor, the reference daemon, a worker being restarted).
+func (d *Daemon) WorkerPID() (int, bool) {
+	procs, err := readProcs()
+	if err != nil {
+		return 0, false
+	}
+	for _, p := range tree(procs, d.PID()) {
+		if IsWorker(p) {
+			return p, true
+		}
+	}
+	return 0, false
+}
+
+// IsWorker reports whether process pid is a vfsd worker: its argv[1] is
+// "worker" (the supervisor runs "/proc/self/exe worker ...").
+func IsWorker(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return false
+	}
+	args := strings.Split(string(b), "\x00")
+	return len(args) > 1 && args[1] == "worker"
+}
+
+// tree returns root and its descendants among procs.
+func tree(procs map[int]procStat, root int) []int {
+	in := map[int]bool{root: true}
 	for changed := true; changed; {
 		changed = false
 		for p, s := range procs {
-			if tree[s.ppid] && !tree[p] {
-				tree[p], changed = true, true
+			if in[s.ppid] && !in[p] {
+				in[p], changed = true, true
 			}
 		}
+	}
+	out := make([]int, 0, len(in))
+	for p := range in {
+		out = append(out, p)
+	}
+	return out
+}
+
+// fdsToInode counts the fds of process pid on inode ino of device dev.
+func fdsToInode(pid int, dev, ino uint64) int {
+	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return 0
 	}
 	n := 0
-	for p := range tree {
-		dir := fmt.Sprintf("/proc/%d/fd", p)
-		ents, err := os.ReadDir(dir)
-		if err != nil {
-			continue
-		}
-		for _, e := range ents {
-			var st syscall.Stat_t
-			if syscall.Stat(filepath.Join(dir, e.Name()), &st) == nil && uint64(st.Dev) == dev && st.Ino == ino {
-				n++
-			}
+	for _, e := range ents {
+		var st syscall.Stat_t
+		if syscall.Stat(filepath.Join(dir, e.Name()), &st) == nil && uint64(st.Dev) == dev && st.Ino == ino {
+			n++
 		}
 	}
-	return n, nil
+	return n
 }
 
 // ModuleRoot returns the directory of the vfsd module (go env GOMOD).

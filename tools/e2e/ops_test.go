@@ -5,9 +5,11 @@ import (
 	"os"
 	"slices"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
+	"vfsd/tools/daemon"
 	"vfsd/tools/fuseclient"
 )
 
@@ -333,19 +335,16 @@ func TestOpen(t *testing.T) {
 	e := Start(t, Options{})
 	writeHost(t, e.Path("f"), []byte("content"), 0o644)
 	ent := lookup(t, e, root, "f")
-	before, err := e.Daemon.FDsTo(e.Path("f"))
-	must(t, "count fds", err)
+	before := fdsOn(t, e, "f")
 	o, err := e.C.Open(e.Ctx, ent.NodeID, unix.O_RDWR|unix.O_TRUNC, 0)
 	must(t, "OPEN O_TRUNC", err)
 	if got := readHost(t, e.Path("f")); len(got) != 0 {
 		t.Fatalf("host content %q after O_TRUNC open", got)
 	}
-	after, err := e.Daemon.FDsTo(e.Path("f"))
-	must(t, "count fds", err)
-	if after != before+1 {
-		t.Fatalf("daemon holds %d fds on the file after OPEN, %d before", after, before)
-	}
+	// One more fd in the worker, and its copy in the supervisor's fd store.
+	waitFDs(t, e, "f", "OPEN", openedFDs(before))
 	must(t, "RELEASE", e.C.Release(e.Ctx, ent.NodeID, o.FH, unix.O_RDWR, 0, 0))
+	waitFDs(t, e, "f", "RELEASE", before)
 	must(t, "mkdir", os.Mkdir(e.Path("d"), 0o755))
 	d := lookup(t, e, root, "d")
 	_, err = e.C.Open(e.Ctx, d.NodeID, unix.O_RDWR, 0)
@@ -432,13 +431,50 @@ func TestFlushRelease(t *testing.T) {
 	if got := readHost(t, e.Path("f")); string(got) != "data" {
 		t.Fatalf("host content %q after FLUSH", got)
 	}
-	before, err := e.Daemon.FDsTo(e.Path("f"))
-	must(t, "count fds", err)
+	before := fdsOn(t, e, "f")
+	if before.Worker < 1 || (before.Supervised && before.Rest < 1) {
+		t.Fatalf("open file: %+v fds, want one in the worker (and its copy in the fd store)", before)
+	}
 	must(t, "RELEASE", e.C.Release(e.Ctx, ent.NodeID, fh, unix.O_RDWR, fuseclient.ReleaseFlush, 0x1234))
-	after, err := e.Daemon.FDsTo(e.Path("f"))
+	// The worker closes its fd and the fd store drops its copy.
+	after := before
+	after.Worker--
+	if after.Supervised {
+		after.Rest--
+	}
+	waitFDs(t, e, "f", "RELEASE", after)
+}
+
+// fdsOn counts the daemon's fds on the shared file name, per process.
+func fdsOn(t *testing.T, e *Env, name string) daemon.FDCount {
+	t.Helper()
+	c, err := e.Daemon.FDsSplit(e.Path(name))
 	must(t, "count fds", err)
-	if after != before-1 {
-		t.Fatalf("daemon holds %d fds on the file after RELEASE, %d before", after, before)
+	return c
+}
+
+// openedFDs is what an OPEN adds to c: an fd in the worker and, supervised,
+// its copy in the supervisor's fd store.
+func openedFDs(c daemon.FDCount) daemon.FDCount {
+	c.Worker++
+	if c.Supervised {
+		c.Rest++
+	}
+	return c
+}
+
+// waitFDs waits (2s at most) until the daemon's fds on name are want: the
+// worker's change with the reply, the fd store's follows by a message.
+func waitFDs(t *testing.T, e *Env, name, after string, want daemon.FDCount) {
+	t.Helper()
+	var got daemon.FDCount
+	for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if got = fdsOn(t, e, name); got == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("fds on %s after %s: %+v, want %+v", name, after, got, want)
+		}
 	}
 }
 
