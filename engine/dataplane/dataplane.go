@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"runtime/debug"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -21,6 +22,21 @@ type Options struct {
 	MaxChain int          // cap on descriptors per chain; 0 means the queue size
 	Logger   *slog.Logger // nil means slog.Default()
 }
+
+// Canceller is implemented by handlers whose blocking requests can wait
+// without bound (a SETLKW on a lock another host process holds):
+// CancelWaits makes every such pending wait answer now (EINTR). Safe from
+// any goroutine, any number of times; later waits are not prevented.
+type Canceller interface{ CancelWaits() }
+
+// Stopping a queue whose blocking requests have not all completed within
+// stopGrace cancels the handler's waits (Canceller), again every
+// cancelEvery until they have: a request still in the pool's FIFO at the
+// first cancel may start waiting after it.
+const (
+	stopGrace   = 20 * time.Millisecond
+	cancelEvery = 50 * time.Millisecond
+)
 
 // Dataplane runs the queues of one device. Its vhostuser.Backend methods are
 // called by the device's goroutine; Close by whoever owns the Dataplane.
@@ -92,9 +108,40 @@ func (d *Dataplane) StopQueue(i int) (uint16, error) {
 	q.stopReq = true
 	q.mu.Unlock()
 	signal(q.ctl)
-	<-q.exited
+	d.awaitExit(q)
 	q.release()
 	return q.lastAvail, q.exitErr
+}
+
+// awaitExit waits for a stopping queue's thread to exit. The thread waits
+// for the queue's blocking requests; if they take longer than stopGrace
+// and the handler is a Canceller, their waits are cancelled (a SETLKW that
+// would never return must not hold up a GET_VRING_BASE, a
+// SET_VRING_ENABLE 0 or the shutdown). This may also end waits of other
+// queues' requests: they answer EINTR, which the guest restarts or reports.
+func (d *Dataplane) awaitExit(q *queue) {
+	c, ok := d.h.(Canceller)
+	if !ok {
+		<-q.exited
+		return
+	}
+	t := time.NewTimer(stopGrace)
+	defer t.Stop()
+	for {
+		select {
+		case <-q.exited:
+			return
+		case <-t.C:
+			if q.blocking.Load() == 0 {
+				// Nothing on the pool: the thread is merely slow to exit.
+				t.Reset(cancelEvery)
+				continue
+			}
+			d.log.Debug("queue stop waits for blocking requests: cancelling waits", "queue", q.idx)
+			c.CancelWaits()
+			t.Reset(cancelEvery)
+		}
+	}
 }
 
 // SetMem switches every running queue to t and returns once none of them,

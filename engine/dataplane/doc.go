@@ -24,7 +24,11 @@
 // requests have completed, so the caller may then unmap the old regions.
 //
 // Stopping a queue stops popping, waits for its outstanding blocking
-// requests, pushes and publishes them, and reports the last avail index.
+// requests, pushes and publishes them, and reports the last avail index. A
+// handler that implements Canceller has its waits cancelled when those
+// requests outlast a short grace period, so that a SETLKW that never
+// returns cannot block a queue stop (GET_VRING_BASE, SET_VRING_ENABLE 0)
+// or Close.
 //
 // Errors: a malformed chain (vring.ErrBadChain) is returned with 0 bytes; a
 // request whose FUSE header cannot be read is returned with 0 bytes, one

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"runtime"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 
@@ -38,6 +39,10 @@ type queue struct {
 	exited                chan struct{}
 	lastAvail             uint16 // valid once exited is closed
 	exitErr               error  // valid once exited is closed
+
+	// blocking counts the queue's requests on the pool (pendingCur +
+	// pendingOld), for StopQueue to read from the device goroutine.
+	blocking atomic.Int32
 
 	notifyMu sync.Mutex
 	call     int // +checklocks:notifyMu
@@ -345,6 +350,7 @@ func (q *queue) reap() {
 		} else {
 			q.pendingOld--
 		}
+		q.blocking.Add(-1)
 		q.push(c.head, c.written)
 	}
 	q.spare = list[:0]
@@ -463,5 +469,6 @@ func (q *queue) submit() {
 	j.req = q.req.Clone()
 	j.out = append(j.out[:0], q.chain.Writable...)
 	q.pendingCur++
+	q.blocking.Add(1)
 	q.d.pool.submit(j)
 }
