@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -20,6 +21,13 @@ type config struct {
 	LogLevel  slog.Level
 	PrintCaps bool
 	Help      bool
+	Version   bool
+	Man       bool // hidden --man: write the roff manual page and exit
+
+	Syslog       bool  // log to syslog(3) instead of stderr
+	RlimitNofile int64 // -1 (default): raise to min(1000000, nr_open); 0: leave as is
+	Sandbox      string
+	allowMmap    bool // --allow-mmap (checked against --cache)
 
 	// Supervisor mode (the default): the process that holds the frontend
 	// connection and restarts the worker.
@@ -28,63 +36,49 @@ type config struct {
 	RestartWindow time.Duration
 	BackoffMax    time.Duration // longest wait before a restart (0: the supervisor's default)
 	ControlSocket string        // "" with --socket-path: <socket-path>.ctl
+
+	// Warnings are virtiofsd options that were accepted although vfsd
+	// serves them differently; each is logged once at start-up.
+	Warnings []string
+
+	refusal error // the first option vfsd cannot honour (exit 2)
 }
 
-const usageText = `usage: vfsd --socket-path=PATH|--fd=N --shared-dir=DIR [options]
-       vfsd status|upgrade --socket-path=PATH|--control-socket=PATH
+// Log levels beyond slog's: --log-level=off.
+const levelOff = slog.Level(100)
 
-By default vfsd runs as a supervisor that keeps the vhost-user connection
-and serves it through a worker process; a worker that dies is replaced and
-resumes where it stopped, without the frontend noticing. SIGHUP (or
-"vfsd upgrade") replaces the worker with the binary now on disk.
+// rlimitDefault is virtiofsd's default --rlimit-nofile target (capped by
+// /proc/sys/fs/nr_open).
+const rlimitDefault = 1000000
 
-  --socket-path=PATH       listen on this vhost-user unix socket (one connection)
-  --fd=N                   use the already listening socket fd N instead
-  --socket-group=GROUP     give the socket file to GROUP, mode 0660
-  --shared-dir=DIR         the host directory to share (also -o source=DIR)
-  --tag=TAG                accepted for compatibility; with vhost-user-fs-pci
-                           the tag is set on QEMU's device (tag=) and lives in
-                           its config space
-  --cache=MODE             auto (default), always, never or metadata
-                           (also -o cache=MODE; none means never)
-  --thread-pool-size=N     goroutines running blocking requests (fsync,
-                           SETLKW, fallocate, ...) off the queue threads
-                           (default 64; 0 is taken as 1)
-  --num-request-queues=N   request virtqueues offered (default 1)
-  --log-level=LEVEL        error, warn, info (default) or debug
-  --no-supervisor          serve in this one process (no restarts)
-  --max-restarts=N         crash budget: give up after more than N worker
-                           deaths within --restart-window (default 10)
-  --restart-window=D       the crash budget's window (default 60s)
-  --restart-backoff-max=D  the wait before restarting a worker doubles with
-                           each death in the window, from 5ms up to D
-                           (default 1s)
-  --control-socket=PATH    control socket answering "status" and "upgrade"
-                           (default PATH.ctl with --socket-path; none with
-                           --fd)
-  --seccomp=ACTION         what the worker's syscall filter does with a call
-                           outside its allowlist: kill (default), trap,
-                           errno, log or none (no filter)
-  --print-capabilities     print the vhost-user backend JSON and exit
-  -o OPT[,OPT...]          virtiofsd options: source=DIR, cache=MODE,
-                           log_level=LEVEL, thread_pool_size=N; xattr,
-                           posix_lock, flock (always on) and their no_ forms
-                           are accepted
-  -h, --help               this text
-`
+// maxTagLen is virtio-fs's tag field size (virtio spec, 5.11.4).
+const maxTagLen = 36
 
-// capabilities is the vhost-user backend description (vhost-user.rst,
-// "Backend program conventions").
-const capabilities = `{
-  "type": "fs",
-  "features": []
-}
-`
-
-// parseArgs parses the command line (without the program name).
+// parseArgs parses the command line (without the program name). Every
+// option is documented in options.go (optionDocs, compatOptions); a test
+// checks that the two agree.
 func parseArgs(args []string) (config, error) {
-	c := config{Options: worker.DefaultOptions(), LogLevel: slog.LevelInfo,
+	c := config{Options: worker.DefaultOptions(), LogLevel: slog.LevelInfo, RlimitNofile: -1, Sandbox: "none",
 		MaxRestarts: supervisor.DefaultMaxRestarts, RestartWindow: supervisor.DefaultRestartWindow}
+	fs := newFlagSet(&c)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			c.Help = true
+			return c, nil
+		}
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if c.refusal != nil {
+		return c, c.refusal
+	}
+	return c, c.crossCheck()
+}
+
+// newFlagSet defines every flag on c.
+func newFlagSet(c *config) *flag.FlagSet {
 	fs := flag.NewFlagSet("vfsd", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	fs.Usage = func() {}
@@ -98,16 +92,50 @@ func parseArgs(args []string) (config, error) {
 			return nil
 		})
 	}
+	// A switch: --name alone (an explicit --name=false is refused, so
+	// that a switch cannot be half-set).
+	switchFlag := func(name string, fn func()) {
+		fs.BoolFunc(name, "", func(s string) error {
+			if s != "true" {
+				return errors.New("takes no value")
+			}
+			fn()
+			return nil
+		})
+	}
+	// A flag whose value is optional (--name or --name=VALUE, like
+	// virtiofsd's require_equals options); bare means bare.
+	optionalFlag := func(name, bare string, fn func(string) error) {
+		fs.Var(&optionalValue{bare: bare, set: fn}, name, "")
+	}
+
 	fs.StringVar(&c.SocketPath, "socket-path", "", "")
+	fs.StringVar(&c.SocketPath, "socket", "", "") // virtiofsd's deprecated spelling
 	intFlag("fd", &c.ListenFD, 0)
 	intFlag("vhost-fd", &c.ConnFD, 0)
 	fs.StringVar(&c.SocketGroup, "socket-group", "", "")
 	fs.StringVar(&c.SharedDir, "shared-dir", "", "")
-	fs.StringVar(&c.Tag, "tag", "", "")
-	fs.Func("cache", "", func(s string) error { return c.setCache(s) })
-	fs.Func("thread-pool-size", "", func(s string) error { return c.setPool(s) })
+	fs.Func("tag", "", func(s string) error {
+		if s == "" || len(s) > maxTagLen {
+			return fmt.Errorf("want 1..%d bytes", maxTagLen)
+		}
+		c.Tag = s
+		return nil
+	})
+	fs.Func("cache", "", c.setCache)
+	fs.Func("thread-pool-size", "", c.setPool)
 	intFlag("num-request-queues", &c.RequestQueues, 1)
-	fs.Func("log-level", "", func(s string) error { return c.setLevel(s) })
+	fs.Func("log-level", "", c.setLevel)
+	switchFlag("d", func() { c.LogLevel = slog.LevelDebug })
+	switchFlag("syslog", func() { c.Syslog = true })
+	fs.Func("rlimit-nofile", "", func(s string) error {
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil || n < 0 {
+			return errors.New("want an integer >= 0 (0 leaves the limit as it is)")
+		}
+		c.RlimitNofile = n
+		return nil
+	})
 	fs.BoolVar(&c.PrintCaps, "print-capabilities", false, "")
 	fs.BoolVar(&c.NoSupervisor, "no-supervisor", false, "")
 	intFlag("max-restarts", &c.MaxRestarts, 1)
@@ -129,20 +157,173 @@ func parseArgs(args []string) (config, error) {
 	})
 	fs.StringVar(&c.ControlSocket, "control-socket", "", "")
 	fs.Var(&c.Seccomp, "seccomp", "")
+
+	// Filesystem behaviour (virtiofsd's options).
+	switchFlag("xattr", func() { c.NoXattr = false })
+	switchFlag("no-xattr", func() { c.NoXattr = true })
+	switchFlag("writeback", func() { c.Writeback = true })
+	switchFlag("allow-direct-io", func() { c.AllowDirectIO = true })
+	switchFlag("allow-mmap", func() { c.allowMmap = true })
+	switchFlag("readdirplus", func() {})
+	switchFlag("no-readdirplus", func() { c.refuse("--no-readdirplus", errNoReaddirplus) })
+	switchFlag("announce-submounts", func() { c.warnSubmounts("--announce-submounts") })
+	switchFlag("no-announce-submounts", func() {})
+	switchFlag("killpriv-v2", func() {})
+	switchFlag("no-killpriv-v2", func() { c.refuse("--no-killpriv-v2", errKillprivV2) })
+	switchFlag("preserve-noatime", func() {})
+	switchFlag("posix-lock", func() {})
+	switchFlag("no-posix-lock", func() { c.warnLocks("--no-posix-lock") })
+	switchFlag("flock", func() {})
+	switchFlag("no-flock", func() { c.warnLocks("--no-flock") })
+	optionalFlag("posix-acl", "always", func(s string) error {
+		return c.negotiation("--posix-acl", s, "vfsd does not offer POSIX ACLs (FUSE_POSIX_ACL)")
+	})
+	optionalFlag("security-label", "always", func(s string) error {
+		return c.negotiation("--security-label", s, "vfsd does not offer security labels (FUSE_SECURITY_CTX)")
+	})
+	optionalFlag("inode-file-handles", "prefer", c.setInodeFileHandles)
+	fs.Func("xattrmap", "", func(string) error { c.refuse("--xattrmap", errXattrmap); return nil })
+	switchFlag("readonly", func() {
+		c.refuse("--readonly", "vfsd has no read-only mode; share a read-only bind mount instead (the host answers EROFS)")
+	})
+	switchFlag("posix-acl-create-fallback", func() {
+		c.refuse("--posix-acl-create-fallback", "vfsd does not offer POSIX ACLs")
+	})
+	for _, name := range []string{"translate-uid", "translate-gid"} {
+		fs.Func(name, "", func(string) error {
+			c.refuse("--"+name, "vfsd does not translate user or group ids; run it in a user namespace instead")
+			return nil
+		})
+	}
+	for _, name := range []string{"migration-mode", "migration-on-error"} {
+		fs.Func(name, "", func(string) error { c.refuse("--"+name, errMigration); return nil })
+	}
+	for _, name := range []string{"migration-verify-handles", "migration-confirm-paths"} {
+		switchFlag(name, func() { c.refuse("--"+name, errMigration) })
+	}
+
+	// Isolation (engine/sandbox): parsed and checked; vfsd has no sandbox
+	// yet, so only the settings that ask for none are accepted.
+	fs.Func("sandbox", "", c.setSandbox)
+	fs.Func("modcaps", "", func(s string) error { return c.setModcaps("--modcaps", s) })
+	for _, name := range []string{"uid-map", "gid-map"} {
+		fs.Func(name, "", func(s string) error {
+			if !idMapRE.MatchString(s) {
+				return errors.New("want :namespace_id:host_id:count:")
+			}
+			c.refuse("--"+name, "vfsd has no user-namespace sandbox yet (--sandbox=namespace)")
+			return nil
+		})
+	}
+
+	// Process.
+	switchFlag("f", func() {}) // foreground: vfsd always is
+	switchFlag("daemonize", func() {
+		c.refuse("--daemonize", "vfsd stays in the foreground; run it under systemd (Type=notify) or let the caller background it")
+	})
 	fs.BoolVar(&c.Help, "h", false, "")
 	fs.BoolVar(&c.Help, "help", false, "")
-	fs.Func("o", "", func(s string) error { return c.setOptions(s) })
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			c.Help = true
-			return c, nil
+	fs.BoolVar(&c.Version, "V", false, "")
+	fs.BoolVar(&c.Version, "version", false, "")
+	fs.BoolVar(&c.Man, "man", false, "")
+	fs.Func("o", "", c.setOptions)
+	return fs
+}
+
+// optionalValue is a flag.Value that may be given without a value
+// (IsBoolFlag), standing then for bare.
+type optionalValue struct {
+	bare string
+	val  string
+	set  func(string) error
+}
+
+func (v *optionalValue) String() string   { return v.val }
+func (v *optionalValue) IsBoolFlag() bool { return true }
+func (v *optionalValue) Set(s string) error {
+	if s == "true" {
+		s = v.bare
+	}
+	v.val = s
+	return v.set(s)
+}
+
+// Reasons shared by a flag and its -o form.
+const (
+	errNoReaddirplus = "vfsd always offers READDIRPLUS (engine/passthrough has no switch for it)"
+	errKillprivV2    = "vfsd always offers FUSE_HANDLE_KILLPRIV_V2"
+	errXattrmap      = "vfsd has no extended attribute name mapping"
+	errMigration     = "vfsd does not support migration (it does not advertise migrate-precopy)"
+	errTimeout       = "vfsd's entry and attribute timeouts follow --cache (never 0, auto 1 s, metadata and always 1 day)"
+)
+
+var idMapRE = regexp.MustCompile(`^:[0-9]+:[0-9]+:[0-9]+:$`)
+
+// refuse records that opt cannot be honoured (the first one is reported).
+func (c *config) refuse(opt, why string) {
+	if c.refusal == nil {
+		c.refusal = fmt.Errorf("%s: not supported: %s", opt, why)
+	}
+}
+
+func (c *config) warnSubmounts(opt string) {
+	c.Warnings = append(c.Warnings, opt+": vfsd does not announce submounts (FUSE_SUBMOUNTS); "+
+		"host mount points under the shared directory appear as plain directories")
+}
+
+func (c *config) warnLocks(opt string) {
+	c.Warnings = append(c.Warnings, opt+": vfsd always serves POSIX and flock locks on the host (FUSE_POSIX_LOCKS, FUSE_FLOCK_LOCKS)")
+}
+
+// negotiation handles virtiofsd's never|auto|always options for features
+// vfsd does not offer: never is what vfsd does.
+func (c *config) negotiation(opt, s, why string) error {
+	switch s {
+	case "never":
+		return nil
+	case "auto", "always":
+		c.refuse(opt+"="+s, why)
+		return nil
+	}
+	return errors.New("want never, auto or always")
+}
+
+func (c *config) setInodeFileHandles(s string) error {
+	switch s {
+	case "never":
+	case "prefer", "fallback":
+		c.Warnings = append(c.Warnings, "--inode-file-handles="+s+": vfsd keeps an O_PATH fd per inode the guest "+
+			"knows, as with never (file handles are only recorded for crash recovery)")
+	case "mandatory":
+		c.refuse("--inode-file-handles=mandatory", "vfsd references inodes by O_PATH fds, not file handles")
+	default:
+		return errors.New("want never, prefer or mandatory")
+	}
+	return nil
+}
+
+func (c *config) setSandbox(s string) error {
+	switch s {
+	case "none":
+		c.Sandbox = s
+	case "namespace", "chroot":
+		c.refuse("--sandbox="+s, "vfsd has no sandbox yet; give --sandbox=none (the default)")
+	default:
+		return errors.New("want namespace, chroot or none")
+	}
+	return nil
+}
+
+var modcapRE = regexp.MustCompile(`^[+-][a-zA-Z_]+$`)
+
+func (c *config) setModcaps(opt, s string) error {
+	for _, m := range strings.Split(s, ":") {
+		if !modcapRE.MatchString(m) {
+			return fmt.Errorf("%q: want +cap or -cap, colon-separated (e.g. +sys_admin:-chown)", m)
 		}
-		return c, err
 	}
-	if fs.NArg() > 0 {
-		return c, fmt.Errorf("unexpected argument %q", fs.Arg(0))
-	}
-	return c, nil
+	c.refuse(opt, "vfsd does not manage capabilities (it keeps those it was started with)")
+	return nil
 }
 
 func (c *config) setCache(s string) error {
@@ -175,37 +356,46 @@ func (c *config) setLevel(s string) error {
 		c.LogLevel = slog.LevelWarn
 	case "info":
 		c.LogLevel = slog.LevelInfo
-	case "debug":
+	case "debug", "trace":
 		c.LogLevel = slog.LevelDebug
+	case "off":
+		c.LogLevel = levelOff
 	default:
-		return errors.New("want error, warn, info or debug")
+		return errors.New("want error, warn, info, debug, trace or off")
 	}
 	return nil
 }
 
-// setOptions parses virtiofsd's -o list.
+// crossCheck refuses combinations vfsd cannot honour.
+func (c *config) crossCheck() error {
+	if c.allowMmap && (c.Cache == "never" || c.Cache == "metadata") {
+		return fmt.Errorf("--allow-mmap with --cache=%s: not supported: vfsd does not offer FUSE_DIRECT_IO_ALLOW_MMAP "+
+			"(with --cache=auto or always shared files can be mmap'd anyway)", c.Cache)
+	}
+	return nil
+}
+
+// setOptions parses virtiofsd's -o list (commas inside a value are
+// written ",,", as libvirt escapes them).
 func (c *config) setOptions(list string) error {
-	for _, o := range strings.Split(list, ",") {
+	for _, o := range splitCompat(list) {
 		k, v, hasValue := strings.Cut(o, "=")
+		var opt *compatOption
+		for i := range compatOptions {
+			if compatOptions[i].name == k {
+				opt = &compatOptions[i]
+			}
+		}
 		var err error
-		switch k {
-		case "source":
-			if v == "" {
-				err = errors.New("empty directory")
-			}
-			c.SharedDir = v
-		case "cache":
-			err = c.setCache(v)
-		case "log_level":
-			err = c.setLevel(v)
-		case "thread_pool_size":
-			err = c.setPool(v)
-		case "xattr", "no_xattr", "posix_lock", "no_posix_lock", "flock", "no_flock":
-			if hasValue {
-				err = errors.New("takes no value")
-			}
-		default:
+		switch {
+		case opt == nil:
 			err = errors.New("unknown option")
+		case opt.arg == "" && hasValue:
+			err = errors.New("takes no value")
+		case opt.arg != "" && !hasValue:
+			err = fmt.Errorf("wants a value (%s=%s)", k, opt.arg)
+		default:
+			err = opt.set(c, v)
 		}
 		if err != nil {
 			return fmt.Errorf("-o %s: %v", o, err)
@@ -214,9 +404,31 @@ func (c *config) setOptions(list string) error {
 	return nil
 }
 
+// splitCompat splits an -o list at single commas; ",," is a literal comma.
+func splitCompat(list string) []string {
+	var out []string
+	var cur strings.Builder
+	for i := 0; i < len(list); i++ {
+		if list[i] == ',' {
+			if i+1 < len(list) && list[i+1] == ',' {
+				cur.WriteByte(',')
+				i++
+				continue
+			}
+			out = append(out, cur.String())
+			cur.Reset()
+			continue
+		}
+		cur.WriteByte(list[i])
+	}
+	return append(out, cur.String())
+}
+
 // levelName is the --log-level spelling of l.
 func levelName(l slog.Level) string {
 	switch {
+	case l >= levelOff:
+		return "off"
 	case l <= slog.LevelDebug:
 		return "debug"
 	case l <= slog.LevelInfo:
@@ -230,7 +442,7 @@ func levelName(l slog.Level) string {
 // workerArgs is the worker's command line (the supervisor appends
 // --vhost-fd=N): the validated options that concern serving.
 func (c *config) workerArgs() []string {
-	return []string{"worker",
+	args := []string{"worker",
 		"--shared-dir=" + c.SharedDir,
 		"--cache=" + c.Cache,
 		"--thread-pool-size=" + strconv.Itoa(c.PoolSize),
@@ -238,6 +450,19 @@ func (c *config) workerArgs() []string {
 		"--log-level=" + levelName(c.LogLevel),
 		"--seccomp=" + c.Seccomp.String(),
 	}
+	if c.NoXattr {
+		args = append(args, "--no-xattr")
+	}
+	if c.Writeback {
+		args = append(args, "--writeback")
+	}
+	if c.AllowDirectIO {
+		args = append(args, "--allow-direct-io")
+	}
+	if c.Syslog {
+		args = append(args, "--syslog")
+	}
+	return args
 }
 
 // controlPath is the control socket of a supervisor ("" for none).

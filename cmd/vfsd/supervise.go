@@ -7,11 +7,11 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"sync/atomic"
 	"syscall"
 
 	"golang.org/x/sys/unix"
 
-	"vfsd/engine/fdstore"
 	"vfsd/engine/supervisor"
 	"vfsd/engine/worker"
 )
@@ -20,7 +20,7 @@ import (
 // it across worker deaths with engine/supervisor. It exits 0 when the
 // frontend disconnects (or on SIGINT/SIGTERM), 1 when the crash budget is
 // spent or the frontend breaks the protocol.
-func runSupervisor(ctx context.Context, c config, stderr io.Writer) int {
+func runSupervisor(ctx context.Context, c config, stderr io.Writer, sd sysd) int {
 	log := c.Logger.With("supervisor", os.Getpid())
 	fail := func(err error) int {
 		log.Error("vfsd failed", "err", err)
@@ -42,19 +42,27 @@ func runSupervisor(ctx context.Context, c config, stderr io.Writer) int {
 	defer ctl.close()
 
 	// Under systemd, the fd store is mirrored to PID 1 and fds it handed
-	// back are adopted (engine/fdstore, "Forwarding to systemd").
-	upstream, err := fdstore.FromEnv(true)
-	if err != nil {
-		log.Warn("systemd notify socket unusable; continuing without it", "err", err)
-		upstream = nil
-	}
-	var restored []fdstore.NamedFD
-	if upstream != nil {
-		if handed, err := fdstore.ListenFDs(true); err != nil {
-			log.Warn("fds handed back by systemd", "err", err)
-		} else {
-			restored, _ = fdstore.SplitUpstream(handed)
+	// back are adopted (engine/fdstore, "Forwarding to systemd"); READY=1
+	// means listening, and the watchdog is fed while the supervisor
+	// answers (sup.Stats takes its lock).
+	upstream, restored := sd.up, sd.restored
+	var sup atomic.Pointer[supervisor.Supervisor]
+	wctx, wstop := context.WithCancel(ctx)
+	defer wstop()
+	go runWatchdog(wctx, upstream, sd.watchdog, func() {
+		if s := sup.Load(); s != nil {
+			s.Stats()
 		}
+	}, log)
+	where := c.SocketPath
+	if where == "" {
+		where = fmt.Sprintf("fd %d", lfd)
+	}
+	if upstream != nil {
+		if err := upstream.Ready(); err != nil {
+			log.Warn("notify READY=1", "err", err)
+		}
+		_ = upstream.Status("waiting for a vhost-user connection on " + where)
 	}
 
 	log.Info("waiting for a vhost-user connection", "socket", c.SocketPath, "fd", c.ListenFD, "control", c.controlPath())
@@ -88,6 +96,10 @@ func runSupervisor(ctx context.Context, c config, stderr io.Writer) int {
 		return fail(err)
 	}
 	ctl.attach(s)
+	sup.Store(s)
+	if upstream != nil {
+		_ = upstream.Status("serving the vhost-user connection from " + where)
+	}
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
