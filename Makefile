@@ -157,3 +157,33 @@ bench: build
 
 clean:
 	rm -rf $(BUILD)
+
+# --- install ---------------------------------------------------------------
+
+# make install [PREFIX=/usr/local] [DESTDIR=]: the binary in $(LIBEXECDIR)
+# with a symlink in $(BINDIR), the systemd units, libvirt's vhost-user
+# description (50-vfsd.json) and the manual page generated from the option
+# table (vfsd --man). Paths inside the installed files are without DESTDIR.
+PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+LIBEXECDIR ?= $(PREFIX)/libexec
+DATADIR ?= $(PREFIX)/share
+MANDIR ?= $(DATADIR)/man
+SYSTEMDUNITDIR ?= $(if $(filter /usr,$(PREFIX)),/usr/lib/systemd/system,$(PREFIX)/lib/systemd/system)
+INSTALL_BUILD := $(BUILD)/install
+INSTALL ?= install
+
+.PHONY: install
+install:
+	@mkdir -p $(INSTALL_BUILD)
+	$(GO) build -o $(INSTALL_BUILD)/vfsd ./cmd/vfsd
+	$(INSTALL_BUILD)/vfsd --man > $(INSTALL_BUILD)/vfsd.1
+	sed 's|@LIBEXECDIR@|$(LIBEXECDIR)|g' packaging/systemd/vfsd@.service.in > $(INSTALL_BUILD)/vfsd@.service
+	sed 's|@LIBEXECDIR@|$(LIBEXECDIR)|g' share/qemu/vhost-user/50-vfsd.json.in > $(INSTALL_BUILD)/50-vfsd.json
+	$(INSTALL) -D -m 0755 $(INSTALL_BUILD)/vfsd $(DESTDIR)$(LIBEXECDIR)/vfsd
+	$(INSTALL) -d $(DESTDIR)$(BINDIR)
+	ln -sfn $(LIBEXECDIR)/vfsd $(DESTDIR)$(BINDIR)/vfsd
+	$(INSTALL) -D -m 0644 $(INSTALL_BUILD)/vfsd@.service $(DESTDIR)$(SYSTEMDUNITDIR)/vfsd@.service
+	$(INSTALL) -D -m 0644 packaging/systemd/vfsd@.socket $(DESTDIR)$(SYSTEMDUNITDIR)/vfsd@.socket
+	$(INSTALL) -D -m 0644 $(INSTALL_BUILD)/50-vfsd.json $(DESTDIR)$(DATADIR)/qemu/vhost-user/50-vfsd.json
+	$(INSTALL) -D -m 0644 $(INSTALL_BUILD)/vfsd.1 $(DESTDIR)$(MANDIR)/man1/vfsd.1
