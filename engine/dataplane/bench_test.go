@@ -7,17 +7,29 @@ import (
 	"golang.org/x/sys/unix"
 
 	"vfsd/engine/fuse"
+	"vfsd/engine/metrics"
 )
 
 // BenchmarkQueue drives one queue through vring/driver with GETATTR requests
 // answered by a trivial handler (104-byte payload), at queue depth 1 (one
 // kick and one call per request) and 32 (one kick per 32 requests). Reported
 // allocs/op cover the whole process, queue thread included: the non-blocking
-// path must stay at 0.
+// path must stay at 0, with metrics recorded too (/metrics variants).
 func BenchmarkQueue(b *testing.B) {
-	for _, depth := range []int{1, 32} {
-		b.Run(fmt.Sprintf("depth=%d", depth), func(b *testing.B) {
+	for _, c := range []struct {
+		depth   int
+		metrics bool
+	}{{1, false}, {32, false}, {1, true}, {32, true}} {
+		depth := c.depth
+		name := fmt.Sprintf("depth=%d", depth)
+		if c.metrics {
+			name += "/metrics"
+		}
+		b.Run(name, func(b *testing.B) {
 			h := newHarness(b, &fakeFS{}, 256, true)
+			if c.metrics {
+				h.dp.o.Metrics = metrics.New(2, nil)
+			}
 			h.start(1)
 			type buf struct{ rd, wr [][2]uint64 }
 			bufs := make([]buf, depth)

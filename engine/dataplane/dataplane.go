@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"vfsd/engine/fuse"
+	"vfsd/engine/metrics"
 	"vfsd/engine/vhostuser"
 	"vfsd/vring/mem"
 )
@@ -21,6 +22,9 @@ type Options struct {
 	PoolSize int          // goroutines for Blocking requests; 0 means DefaultPoolSize
 	MaxChain int          // cap on descriptors per chain; 0 means the queue size
 	Logger   *slog.Logger // nil means slog.Default()
+	// Metrics, when not nil, receives per-queue figures (engine/metrics):
+	// requests by opcode, errors, latency, batch sizes, inflight.
+	Metrics *metrics.Registry
 }
 
 // Canceller is implemented by handlers whose blocking requests can wait
@@ -252,6 +256,7 @@ func (d *Dataplane) handle(req *fuse.Request, rep *fuse.Reply, out [][]byte) {
 func (d *Dataplane) runJob(j *job) {
 	j.rep.Reset(j.out, j.req.Unique)
 	d.handle(j.req, &j.rep, j.out)
+	j.q.record(j.req.Opcode, j.out, j.rep.Written(), j.start)
 	q, c := j.q, completion{head: j.head, written: j.rep.Written(), epoch: j.epoch}
 	clear(j.out)
 	*j = job{out: j.out[:0]}

@@ -2,6 +2,7 @@ package dataplane
 
 import (
 	"sync"
+	"time"
 
 	"vfsd/engine/fuse"
 )
@@ -19,6 +20,7 @@ type job struct {
 	head    uint16
 	epoch   uint64
 	written uint32
+	start   time.Time // decode time, when metrics are on
 }
 
 var jobs = sync.Pool{New: func() any { return new(job) }}

@@ -7,11 +7,13 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 
 	"vfsd/engine/crashpoint"
 	"vfsd/engine/fuse"
+	"vfsd/engine/metrics"
 	"vfsd/engine/vhostuser"
 	"vfsd/vring"
 	"vfsd/vring/mem"
@@ -39,6 +41,8 @@ type queue struct {
 	exited                chan struct{}
 	lastAvail             uint16 // valid once exited is closed
 	exitErr               error  // valid once exited is closed
+
+	m *metrics.Queue // nil: no metrics
 
 	// blocking counts the queue's requests on the pool (pendingCur +
 	// pendingOld), for StopQueue to read from the device goroutine.
@@ -104,7 +108,7 @@ func newQueue(d *Dataplane, i int, c vhostuser.QueueConfig) (q *queue, err error
 		return nil, fmt.Errorf("dataplane: queue %d: %w", i, err)
 	}
 	nq := &queue{d: d, idx: i, vq: vq, kick: c.Kick, call: c.Call, errFD: c.Err,
-		ctl: -1, done: -1, epfd: -1, exited: make(chan struct{})}
+		ctl: -1, done: -1, epfd: -1, exited: make(chan struct{}), m: d.o.Metrics.Queue(i)}
 	q = nq
 	defer func() {
 		if err != nil {
@@ -404,6 +408,11 @@ func (q *queue) fail(err error) {
 // notifications still disabled: the caller comes back without sleeping).
 func (q *queue) drain() bool {
 	budget := q.vq.Size()
+	defer func(size int) {
+		if q.m != nil && budget < size {
+			q.m.Batch(size - budget)
+		}
+	}(budget)
 	for {
 		q.vq.DisableNotify()
 		for budget > 0 {
@@ -453,19 +462,41 @@ func (q *queue) serve(resumed bool) {
 	}
 	req.Queue = q.idx
 	crashpoint.Hit(crashpoint.AfterDecode)
+	var start time.Time
+	if q.m != nil {
+		q.m.Inflight(1)
+		start = time.Now()
+	}
 	if fuse.Blocking(req.Opcode) {
-		q.submit()
+		q.submit(start)
 		return
 	}
 	rep.Reset(c.Writable, req.Unique)
 	q.d.handle(req, rep, c.Writable)
+	q.record(req.Opcode, c.Writable, rep.Written(), start)
 	q.push(c.Head, rep.Written())
 }
 
+// record counts an answered request in the queue's metrics (any
+// goroutine). Whether it failed is read back from the out header the reply
+// wrote into guest RAM: a guest that rewrites it only skews its own
+// figures.
+func (q *queue) record(op uint32, out [][]byte, written uint32, start time.Time) {
+	if q.m == nil {
+		return
+	}
+	failed := false
+	if written >= fuse.OutHeaderSize && len(out) > 0 && len(out[0]) >= 8 {
+		failed = binary.LittleEndian.Uint32(out[0][4:8]) != 0
+	}
+	q.m.Request(op, failed, time.Since(start))
+	q.m.Inflight(-1)
+}
+
 // submit hands the current request to the blocking pool.
-func (q *queue) submit() {
+func (q *queue) submit(start time.Time) {
 	j := jobs.Get().(*job)
-	j.q, j.head, j.epoch = q, q.chain.Head, q.epoch
+	j.q, j.head, j.epoch, j.start = q, q.chain.Head, q.epoch, start
 	j.req = q.req.Clone()
 	j.out = append(j.out[:0], q.chain.Writable...)
 	q.pendingCur++
