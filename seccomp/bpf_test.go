@@ -290,7 +290,7 @@ func TestEveryOtherSyscallDenied(t *testing.T) {
 			unconditional[r.Syscall] = true
 		}
 	}
-	names := Names()
+	names := namesOf(rules)
 	prog := program(t, Options{Action: ActionErrno})
 	deny, _ := ActionErrno.ret()
 	for nr := uint32(0); nr < 1024; nr++ {
@@ -447,10 +447,27 @@ func TestRulesTable(t *testing.T) {
 			t.Errorf("allowlist lacks %s", need)
 		}
 	}
+	base := namesOf(Rules(Options{}))
 	for _, never := range []string{"execve", "execveat", "ptrace", "socket", "connect", "bind", "listen", "accept4",
 		"fork", "vfork", "ioctl", "mount", "bpf", "open_by_handle_at", "process_vm_writev", "setuid", "seccomp"} {
-		if slices.Contains(names, never) {
+		if slices.Contains(base, never) {
 			t.Errorf("allowlist has %s", never)
+		}
+	}
+	// HTTP adds the pprof/metrics server's calls, and Names lists them.
+	for _, r := range Rules(Options{HTTP: true}) {
+		if strings.TrimSpace(r.By) == "" {
+			t.Errorf("%s: HTTP rule does not name its caller", r.Syscall)
+		}
+	}
+	for _, need := range []string{"accept4", "getsockname", "setsockopt", "timer_create"} {
+		if slices.Contains(base, need) || !slices.Contains(names, need) {
+			t.Errorf("%s: in the default table %v, in Names %v", need, slices.Contains(base, need), slices.Contains(names, need))
+		}
+	}
+	for _, never := range []string{"socket", "bind", "listen", "connect"} {
+		if slices.Contains(names, never) {
+			t.Errorf("HTTP allowlist has %s: listeners are made before Install", never)
 		}
 	}
 	// Rules with a pid restrict kill and tgkill to it; without, they don't.

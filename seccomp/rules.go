@@ -61,6 +61,10 @@ type Options struct {
 	// the process itself). 0 in Rules leaves the target unrestricted;
 	// Install fills in os.Getpid().
 	PID int
+	// HTTP adds what a net/http server needs after start-up (the worker's
+	// --pprof-addr and --metrics-addr; the listeners exist before Install):
+	// accepting connections and CPU profiles. Off, none of it is allowed.
+	HTTP bool
 }
 
 // Flags the Go runtime passes to clone for a new thread (runtime/os_linux.go
@@ -83,6 +87,32 @@ func Rules(o Options) []Rule {
 	if o.PID > 0 {
 		self = Where(Eq(0, uint64(o.PID)))
 	}
+	rules := baseRules(self)
+	if o.HTTP {
+		rules = append(rules, httpRules...)
+	}
+	return rules
+}
+
+// httpRules serve the worker's pprof and metrics endpoints (engine/worker
+// observe.go) on listeners opened before Install.
+var httpRules = []Rule{
+	{Syscall: "accept4", By: "net/http Server.Serve: accept a pprof/metrics connection (net.Listener.Accept)"},
+	{Syscall: "getsockname", By: "net: an accepted connection's local address (netFD.setAddr)"},
+	{Syscall: "setsockopt", When: []Match{
+		{Eq(1, unix.IPPROTO_TCP), Eq(2, unix.TCP_NODELAY)},
+		{Eq(1, unix.SOL_SOCKET), Eq(2, unix.SO_KEEPALIVE)},
+		{Eq(1, unix.IPPROTO_TCP), Eq(2, unix.TCP_KEEPIDLE)},
+		{Eq(1, unix.IPPROTO_TCP), Eq(2, unix.TCP_KEEPINTVL)},
+		{Eq(1, unix.IPPROTO_TCP), Eq(2, unix.TCP_KEEPCNT)},
+	}, By: "net: accepted TCP connections get TCP_NODELAY and keep-alive (net.ListenConfig defaults); nothing else"},
+	{Syscall: "setitimer", By: "runtime/pprof CPU profile (/debug/pprof/profile): process-wide ITIMER_PROF (runtime.setProcessCPUProfiler)"},
+	{Syscall: "timer_create", By: "runtime/pprof CPU profile: per-thread CLOCK_THREAD_CPUTIME_ID timers (runtime.setThreadCPUProfiler)"},
+	{Syscall: "timer_settime", By: "runtime/pprof CPU profile: arm and disarm the per-thread timers"},
+	{Syscall: "timer_delete", By: "runtime/pprof CPU profile: per-thread timers removed when profiling stops"},
+}
+
+func baseRules(self []Match) []Rule {
 	return []Rule{
 		// --- Go runtime -------------------------------------------------
 		{Syscall: "futex", When: OneOf(1, futexWaitPrivate, futexWakePrivate),
@@ -192,10 +222,11 @@ func Rules(o Options) []Rule {
 	}
 }
 
-// Names returns the syscalls Rules handles with default options (allowed, or
-// answered with a fixed errno), sorted and without duplicates (for
-// tools/sysaudit).
-func Names() []string { return namesOf(Rules(Options{})) }
+// Names returns the syscalls Rules handles (allowed, or answered with a
+// fixed errno), sorted and without duplicates (for tools/sysaudit), with
+// the HTTP rules included: an audit of a worker serving pprof or metrics
+// must not report them as missing.
+func Names() []string { return namesOf(Rules(Options{HTTP: true})) }
 
 func namesOf(rules []Rule) []string {
 	seen := map[string]bool{}
