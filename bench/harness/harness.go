@@ -128,7 +128,6 @@ type progress struct {
 	w           io.Writer
 	start       time.Time
 	done, total int
-	tty         bool
 }
 
 func (p *progress) line(format string, args ...any) {
@@ -442,7 +441,8 @@ func writeText(w io.Writer, rep *report.Report) {
 		fmt.Fprintf(w, "\nvfsd CPU profile, %s depth=%d (%s):\n%s", p.Workload, p.Depth, p.File, p.Text)
 	}
 	if len(rep.Guest) > 0 {
-		fmt.Fprintf(w, "\nIn-guest fio / stress-ng (QEMU TCG guest; IOPS, or bogo ops/s for dentry; ratio: vfsd/reference)\n\n")
+		fmt.Fprintf(w, "\nIn-guest fio / stress-ng (QEMU TCG guest, one boot per daemon and cache mode; IOPS, or bogo ops/s for dentry;\n")
+		fmt.Fprintf(w, "clat: fio completion latency; ratio: vfsd/reference; daemon CPU is not measured here)\n\n")
 		report.WriteGuestTable(w, rep.Guest)
 	}
 	if len(rep.Notes) > 0 {
