@@ -4,11 +4,14 @@ import (
 	"errors"
 	"fmt"
 	"image/color"
+	"os"
 	"time"
 
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/vg"
+	"gonum.org/v1/plot/vg/draw"
+	"gonum.org/v1/plot/vg/vgimg"
 )
 
 // Series is one latency distribution in a plot.
@@ -67,10 +70,10 @@ func PlotCDF(path, title string, series []Series) error {
 	p.X.Scale = plot.LogScale{}
 	p.X.Tick.Marker = plot.LogTicks{Prec: -1}
 	p.Y.Min, p.Y.Max = 0, 1
-	p.Legend.Top = false
-	p.Legend.Left = false
-	p.Legend.XOffs = -vg.Points(4)
-	p.Legend.YOffs = vg.Points(24)
+	// The legend goes below the plot, where it hides no line.
+	leg := plot.NewLegend()
+	leg.Top, leg.Left = true, true
+	leg.XOffs = vg.Points(60)
 	p.Add(plotter.NewGrid())
 	drawn := 0
 	for _, s := range series {
@@ -99,13 +102,27 @@ func PlotCDF(path, title string, series []Series) error {
 			l.LineStyle.Dashes = []vg.Length{vg.Points(6), vg.Points(3)}
 		}
 		p.Add(l)
-		p.Legend.Add(fmt.Sprintf("%s (n=%d, p99 %s)", s.Label, len(s.Lat), Dur(percentile(s.Lat, 0.99))), l)
+		leg.Add(fmt.Sprintf("%s (n=%d, p99 %s)", s.Label, len(s.Lat), Dur(percentile(s.Lat, 0.99))), l)
 		drawn++
 	}
 	if drawn == 0 {
 		return errors.New("plot: no samples")
 	}
-	return p.Save(9*vg.Inch, 5.5*vg.Inch, path)
+	const w, plotH = 9 * vg.Inch, 5.5 * vg.Inch
+	legH := vg.Length(drawn)*leg.TextStyle.Height("Xg")*1.15 + vg.Points(12)
+	img := vgimg.New(w, plotH+legH)
+	dc := draw.New(img)
+	p.Draw(draw.Crop(dc, 0, 0, legH, 0))
+	leg.Draw(draw.Crop(dc, 0, 0, 0, -plotH))
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if _, err := (vgimg.PngCanvas{Canvas: img}).WriteTo(f); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 func percentile(lat []time.Duration, q float64) time.Duration {
