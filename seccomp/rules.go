@@ -181,6 +181,10 @@ func baseRules(self []Match) []Rule {
 		{Syscall: "openat", By: "passthrough: LOOKUP (O_PATH), OPEN/CREATE/OPENDIR, re-open through /proc/self/fd; os.Remove of the socket at exit"},
 		{Syscall: "statx", By: "passthrough: LOOKUP/GETATTR/STATX attributes, mount id"},
 		{Syscall: "name_to_handle_at", By: "passthrough inode identity (mount id / file handle)"},
+		{Syscall: "open_by_handle_at", When: Where(Eq(2, unix.O_PATH|unix.O_CLOEXEC)),
+			By: "passthrough state.go loadInode: a resumed worker reopens an inode from its persisted file handle " +
+				"on the shared directory's mount fd (O_PATH|O_CLOEXEC only); found by tools/e2e under --seccomp=kill " +
+				"(the worker died of SIGSYS on its first LOOKUP after a restart)"},
 		{Syscall: "readlinkat", By: "passthrough READLINK"},
 		{Syscall: "mkdirat", By: "passthrough MKDIR"},
 		{Syscall: "mknodat", By: "passthrough MKNOD (fifos, sockets, device nodes)"},
