@@ -157,6 +157,15 @@ func newFlagSet(c *config) *flag.FlagSet {
 	})
 	fs.StringVar(&c.ControlSocket, "control-socket", "", "")
 	fs.Var(&c.Seccomp, "seccomp", "")
+	for _, a := range []struct {
+		name string
+		p    *string
+	}{{"pprof-addr", &c.PprofAddr}, {"metrics-addr", &c.MetricsAddr}} {
+		fs.Func(a.name, "", func(s string) error {
+			*a.p = s
+			return worker.CheckAddr(s)
+		})
+	}
 
 	// Filesystem behaviour (virtiofsd's options).
 	switchFlag("xattr", func() { c.NoXattr = false })
@@ -449,6 +458,12 @@ func (c *config) workerArgs() []string {
 		"--num-request-queues=" + strconv.Itoa(c.RequestQueues),
 		"--log-level=" + levelName(c.LogLevel),
 		"--seccomp=" + c.Seccomp.String(),
+	}
+	if c.PprofAddr != "" {
+		args = append(args, "--pprof-addr="+c.PprofAddr)
+	}
+	if c.MetricsAddr != "" {
+		args = append(args, "--metrics-addr="+c.MetricsAddr)
 	}
 	if c.NoXattr {
 		args = append(args, "--no-xattr")

@@ -40,6 +40,13 @@ func TestParseArgs(t *testing.T) {
 		{"seccomp log", []string{"--seccomp=log"}, func(c config) bool {
 			return c.Seccomp == seccomp.ActionLog && slices.Contains(c.workerArgs(), "--seccomp=log")
 		}, ""},
+		{"pprof and metrics", []string{"--pprof-addr=127.0.0.1:6060", "--metrics-addr=unix:/run/m.sock"}, func(c config) bool {
+			return c.PprofAddr == "127.0.0.1:6060" && c.MetricsAddr == "unix:/run/m.sock" &&
+				slices.Contains(c.workerArgs(), "--pprof-addr=127.0.0.1:6060") &&
+				slices.Contains(c.workerArgs(), "--metrics-addr=unix:/run/m.sock")
+		}, ""},
+		{"pprof not loopback", []string{"--pprof-addr=0.0.0.0:6060"}, nil, "not a loopback address"},
+		{"metrics not loopback", []string{"--metrics-addr=192.168.1.1:9100"}, nil, "not a loopback address"},
 		{"bad seccomp", []string{"--seccomp=allow"}, nil, "kill, trap, errno, log or none"},
 		{"pool zero", []string{"--thread-pool-size=0"}, func(c config) bool { return c.PoolSize == 1 }, ""},
 		{"print capabilities", []string{"--print-capabilities"}, func(c config) bool { return c.PrintCaps }, ""},

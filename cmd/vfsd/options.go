@@ -80,6 +80,12 @@ var optionDocs = []optionDoc{
 
 	{[]string{"seccomp"}, "ACTION", "What the worker's syscall filter does with a call outside its allowlist: " +
 		"kill (default), trap, errno, log or none (no filter).", secIsolate},
+	{[]string{"pprof-addr"}, "ADDR", "Serve net/http/pprof (/debug/pprof/) from the worker on a loopback TCP " +
+		"address (127.0.0.1:6060, [::1]:6060, localhost:6060) or unix:/path (mode 0600); other addresses " +
+		"are refused. Off by default.", secLog},
+	{[]string{"metrics-addr"}, "ADDR", "Serve Prometheus metrics (/metrics: requests, errors and latency per " +
+		"opcode and queue, batch sizes, inflight, restarts, stored fds) from the worker; same addresses as " +
+		"--pprof-addr. Off by default.", secLog},
 	{[]string{"sandbox"}, "MODE", "none (vfsd's default) is accepted; namespace and chroot are refused: vfsd " +
 		"has no sandbox yet.", secIsolate},
 	{[]string{"modcaps"}, "LIST", "Checked (+cap or -cap, colon-separated) and refused: vfsd keeps the " +

@@ -16,8 +16,11 @@ import (
 
 // Environment and flags a worker receives (see the package doc).
 const (
-	EnvResume  = "VFSD_RESUME"
-	VhostFDArg = "--vhost-fd"
+	EnvResume = "VFSD_RESUME"
+	// EnvRestarts: the crash restarts the supervisor completed before
+	// starting this worker (engine/worker's vfsd_restarts_total).
+	EnvRestarts = "VFSD_RESTARTS"
+	VhostFDArg  = "--vhost-fd"
 )
 
 // worker is one running worker process and the supervisor's end of its
@@ -41,7 +44,7 @@ type worker struct {
 // inherited value is removed first.
 var controlEnv = []string{
 	fdstore.EnvNotifySocket, fdstore.EnvNotifyFD, fdstore.EnvListenFDs,
-	fdstore.EnvListenPID, fdstore.EnvListenFDNames, fdstore.EnvListenChild, EnvResume,
+	fdstore.EnvListenPID, fdstore.EnvListenFDNames, fdstore.EnvListenChild, EnvResume, EnvRestarts,
 }
 
 func workerEnv(base []string) []string {
@@ -95,6 +98,8 @@ func (s *Supervisor) spawn(resume bool) (*worker, error) {
 	if resume {
 		cmd.Env = append(cmd.Env, EnvResume+"=1")
 	}
+	// For the worker's metrics: crash restarts completed before this start.
+	cmd.Env = append(cmd.Env, EnvRestarts+"="+strconv.FormatInt(s.restarts.Load(), 10))
 	cmd.ExtraFiles = append(append(files, peer), notify)
 	cmd.Stdout, cmd.Stderr = s.cfg.Stdout, s.cfg.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}

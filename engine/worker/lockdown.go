@@ -11,7 +11,7 @@ import (
 // it installs the syscall filter (o.Seccomp) on every thread of the
 // process. From then on only seccomp.Rules' syscalls run.
 func lockDown(o Options, log *slog.Logger) error {
-	if err := seccomp.Install(seccomp.Options{Action: o.Seccomp}); err != nil {
+	if err := seccomp.Install(seccomp.Options{Action: o.Seccomp, HTTP: o.observing()}); err != nil {
 		return err
 	}
 	if o.Seccomp != seccomp.ActionNone {

@@ -46,6 +46,12 @@ type Options struct {
 	// seccomp.ActionKill; ActionNone installs nothing).
 	Seccomp seccomp.Action
 
+	// PprofAddr and MetricsAddr ("" off): serve net/http/pprof and
+	// Prometheus /metrics on a loopback TCP address or unix:/path
+	// (CheckAddr); opened before the seccomp filter, which then allows
+	// what the HTTP server needs.
+	PprofAddr, MetricsAddr string
+
 	// Filesystem switches handed to engine/passthrough (virtiofsd's
 	// -o no_xattr, --writeback, --allow-direct-io). vfsd serves extended
 	// attributes unless NoXattr is set.
@@ -125,6 +131,13 @@ func (o *Options) Validate() error {
 	}
 	if o.PoolSize < 1 || o.PoolSize > MaxPoolSize {
 		return fmt.Errorf("thread pool size %d: want 1..%d", o.PoolSize, MaxPoolSize)
+	}
+	for _, a := range [...]struct{ flag, addr string }{{"--pprof-addr", o.PprofAddr}, {"--metrics-addr", o.MetricsAddr}} {
+		if a.addr != "" {
+			if err := CheckAddr(a.addr); err != nil {
+				return fmt.Errorf("%s %v", a.flag, err)
+			}
+		}
 	}
 	return nil
 }

@@ -57,6 +57,8 @@ type state struct {
 	rings int
 	infl  *inflight.Region
 	ifd   int // inflight memfd (owned; infl does not own it after Map)
+
+	stored *storeCounter // the fd store, counted (metrics); set by runSupervised
 }
 
 // newMemfd makes a sealed-size memfd of size bytes.

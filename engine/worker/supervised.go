@@ -55,16 +55,18 @@ func runSupervised(ctx context.Context, o Options, log *slog.Logger) error {
 		return fmt.Errorf("fd store: %w", err)
 	}
 	rings := 1 + o.RequestQueues
-	st, resume, err := loadState(byName, store, rings, o.Resume, log)
+	counted := newStoreCounter(store, handed) // for metrics
+	st, resume, err := loadState(byName, counted, rings, o.Resume, log)
 	if err != nil {
 		closeRest()
 		unix.Close(o.ConnFD)
 		return err
 	}
 	defer st.close()
+	st.stored = counted
 	po := passthrough.Options{Root: o.SharedDir, Cache: o.Cache, Xattr: !o.NoXattr,
 		Writeback: o.Writeback, AllowDirectIO: o.AllowDirectIO,
-		Queues: journalQueues(o.RequestQueues), FDStore: store}
+		Queues: journalQueues(o.RequestQueues), FDStore: counted}
 	if resume {
 		po.Resume = byName // the filesystem owns them from here on
 	} else {

@@ -168,11 +168,17 @@ func serve(ctx context.Context, fd int, fs *passthrough.FS, o Options, log *slog
 		return err
 	}
 	defer c.Close()
-	dp, err := dataplane.New(dataplane.Options{Handler: fs, PoolSize: o.PoolSize, Logger: log})
+	ob := newObserver(o, 1+o.RequestQueues)
+	dp, err := dataplane.New(dataplane.Options{Handler: fs, PoolSize: o.PoolSize, Logger: log, Metrics: ob.reg})
 	if err != nil {
 		return err
 	}
 	defer dp.Close()
+	ob.register(fs, st)
+	if err := ob.start(o, log); err != nil {
+		return err
+	}
+	defer ob.close()
 	var h any = fs
 	cancel, _ := h.(canceller)
 	do := vhostuser.Options{

@@ -26,6 +26,8 @@ type Options struct {
 	Mem           frontend.MemOptions
 	QueueSize     int
 	Indirect      bool
+	// Extra vfsd arguments (after $VFSD_E2E_ARGS); ignored for virtiofsd.
+	Extra []string
 	// NoInit leaves FUSE_INIT to the test.
 	NoInit bool
 	// Timeout bounds the whole test's requests (default 30s).
@@ -113,6 +115,7 @@ func Start(t testing.TB, o Options) *Env {
 		if o.RequestQueues > 1 {
 			cfg.RequestQueues = o.RequestQueues
 		}
+		cfg.Extra = append(cfg.Extra, o.Extra...)
 	}
 	d, err := daemon.Start(cfg)
 	if err != nil {
