@@ -20,6 +20,14 @@
 // inflight region: in-flight requests are served again (Request.Resumed)
 // before new ones, and the driver is notified once.
 //
+// The last step of start-up, in both modes, is the seccomp filter
+// (lockdown.go, Options.Seccomp, kill by default): everything the worker
+// needs before serving (the connection, state memfds, the filesystem, the
+// fd-store client, the pprof and metrics listeners of observe.go) exists
+// by then. observe.go serves net/http/pprof and Prometheus /metrics
+// (engine/metrics, recorded by the data plane) on loopback or unix-socket
+// addresses only.
+//
 // Shutdown order when the frontend disconnects (or ctx is cancelled, which
 // shuts the socket down): cancel blocking waits in the filesystem, stop the
 // queues (each waits for its in-flight requests), unmap guest memory, close
