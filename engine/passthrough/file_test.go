@@ -490,24 +490,24 @@ func TestLocks(t *testing.T) {
 	h2 := c.open(f.NodeID, unix.O_RDWR)
 	wr := fuse.FileLock{Start: 0, End: fuse.OffsetMax, Type: unix.F_WRLCK}
 
-	eno, _ := c.call(fuse.OpSetlk, f.NodeID, b(fuse.LkIn{Fh: h1, Lk: wr}))
+	eno, _ := c.call(fuse.OpSetlk, f.NodeID, b(fuse.LkIn{Fh: h1, Owner: 1, Lk: wr}))
 	wantErr(t, "SETLK", eno, 0)
-	eno, p := c.call(fuse.OpGetlk, f.NodeID, b(fuse.LkIn{Fh: h2, Lk: fuse.FileLock{Start: 10, End: 20, Type: unix.F_RDLCK}}))
+	eno, p := c.call(fuse.OpGetlk, f.NodeID, b(fuse.LkIn{Fh: h2, Owner: 2, Lk: fuse.FileLock{Start: 10, End: 20, Type: unix.F_RDLCK}}))
 	if eno != 0 {
 		t.Fatal(eno)
 	}
 	if lk := parse[fuse.LkOut](t, p).Lk; lk.Type != unix.F_WRLCK || lk.Start != 0 || lk.End != fuse.OffsetMax {
 		t.Errorf("GETLK conflict %+v", lk)
 	}
-	eno, p = c.call(fuse.OpGetlk, f.NodeID, b(fuse.LkIn{Fh: h1, Lk: wr}))
+	eno, p = c.call(fuse.OpGetlk, f.NodeID, b(fuse.LkIn{Fh: h1, Owner: 1, Lk: wr}))
 	if eno != 0 || parse[fuse.LkOut](t, p).Lk.Type != unix.F_UNLCK {
 		t.Errorf("GETLK own lock: %v", eno)
 	}
-	eno, _ = c.call(fuse.OpSetlk, f.NodeID, b(fuse.LkIn{Fh: h2, Lk: wr}))
+	eno, _ = c.call(fuse.OpSetlk, f.NodeID, b(fuse.LkIn{Fh: h2, Owner: 2, Lk: wr}))
 	wantErr(t, "SETLK conflicting", eno, unix.EAGAIN)
-	eno, _ = c.call(fuse.OpSetlk, f.NodeID, b(fuse.LkIn{Fh: h2, Lk: fuse.FileLock{Start: 5, End: 4, Type: unix.F_WRLCK}}))
+	eno, _ = c.call(fuse.OpSetlk, f.NodeID, b(fuse.LkIn{Fh: h2, Owner: 2, Lk: fuse.FileLock{Start: 5, End: 4, Type: unix.F_WRLCK}}))
 	wantErr(t, "SETLK end < start", eno, unix.EINVAL)
-	eno, _ = c.call(fuse.OpSetlk, f.NodeID, b(fuse.LkIn{Fh: h2, Lk: fuse.FileLock{Type: 7}}))
+	eno, _ = c.call(fuse.OpSetlk, f.NodeID, b(fuse.LkIn{Fh: h2, Owner: 2, Lk: fuse.FileLock{Type: 7}}))
 	wantErr(t, "SETLK bad type", eno, unix.EINVAL)
 
 	// SETLKW waits until the holder unlocks. Blocking ops run on another
@@ -534,13 +534,13 @@ func TestLocks(t *testing.T) {
 		}()
 		return done
 	}
-	done := setlkw(9001, fuse.LkIn{Fh: h2, Lk: wr})
+	done := setlkw(9001, fuse.LkIn{Fh: h2, Owner: 2, Lk: wr})
 	select {
 	case e := <-done:
 		t.Fatalf("SETLKW returned %v while the lock is held", e)
 	case <-time.After(30 * time.Millisecond):
 	}
-	c.call(fuse.OpSetlk, f.NodeID, b(fuse.LkIn{Fh: h1, Lk: fuse.FileLock{End: fuse.OffsetMax, Type: unix.F_UNLCK}}))
+	c.call(fuse.OpSetlk, f.NodeID, b(fuse.LkIn{Fh: h1, Owner: 1, Lk: fuse.FileLock{End: fuse.OffsetMax, Type: unix.F_UNLCK}}))
 	select {
 	case e := <-done:
 		wantErr(t, "SETLKW after unlock", e, 0)
@@ -550,7 +550,7 @@ func TestLocks(t *testing.T) {
 
 	// INTERRUPT ends a waiting SETLKW with EINTR; so does an INTERRUPT
 	// that arrives before the SETLKW runs.
-	done = setlkw(9002, fuse.LkIn{Fh: h1, Lk: wr})
+	done = setlkw(9002, fuse.LkIn{Fh: h1, Owner: 1, Lk: wr})
 	time.Sleep(10 * time.Millisecond)
 	if eno, p := c.call(fuse.OpInterrupt, 0, b(fuse.InterruptIn{Unique: 9002})); eno != 0 || p != nil {
 		t.Fatal("INTERRUPT must not be answered")
@@ -562,11 +562,11 @@ func TestLocks(t *testing.T) {
 		t.Fatal("INTERRUPT did not end SETLKW")
 	}
 	c.call(fuse.OpInterrupt, 0, b(fuse.InterruptIn{Unique: 9003}))
-	wantErr(t, "pre-interrupted SETLKW", <-setlkw(9003, fuse.LkIn{Fh: h1, Lk: wr}), unix.EINTR)
+	wantErr(t, "pre-interrupted SETLKW", <-setlkw(9003, fuse.LkIn{Fh: h1, Owner: 1, Lk: wr}), unix.EINTR)
 
 	// RELEASE of the handle a SETLKW waits on ends the wait with EBADF.
 	h3 := c.open(f.NodeID, unix.O_RDWR)
-	done = setlkw(9005, fuse.LkIn{Fh: h3, Lk: wr})
+	done = setlkw(9005, fuse.LkIn{Fh: h3, Owner: 3, Lk: wr})
 	time.Sleep(10 * time.Millisecond)
 	c.call(fuse.OpRelease, f.NodeID, b(fuse.ReleaseIn{Fh: h3}))
 	select {
@@ -577,12 +577,12 @@ func TestLocks(t *testing.T) {
 	}
 
 	// flock through FUSE_LK_FLOCK, SETLKW ended by DESTROY.
-	eno, _ = c.call(fuse.OpSetlk, f.NodeID, b(fuse.LkIn{Fh: h1, Lk: wr, LkFlags: fuse.LkFlock}))
+	eno, _ = c.call(fuse.OpSetlk, f.NodeID, b(fuse.LkIn{Fh: h1, Owner: 1, Lk: wr, LkFlags: fuse.LkFlock}))
 	wantErr(t, "flock EX", eno, 0)
 	if err := unix.Flock(openHost(t, c.path("f")), unix.LOCK_EX|unix.LOCK_NB); err != unix.EWOULDBLOCK {
 		t.Errorf("host flock while guest holds it: %v", err)
 	}
-	done = setlkw(9004, fuse.LkIn{Fh: h2, Lk: wr, LkFlags: fuse.LkFlock})
+	done = setlkw(9004, fuse.LkIn{Fh: h2, Owner: 2, Lk: wr, LkFlags: fuse.LkFlock})
 	time.Sleep(10 * time.Millisecond)
 	c.call(fuse.OpDestroy, fuse.RootID)
 	select {

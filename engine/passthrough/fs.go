@@ -28,6 +28,10 @@ type Options struct {
 	AllowDirectIO bool
 	MaxInodes     int // inode map slots (default 1<<20)
 	MaxHandles    int // handle map slots (default 1<<16)
+	// MaxLockFDs caps the open file descriptions kept for POSIX lock
+	// owners, one per (inode, lock owner) holding locks (default 1024);
+	// a new owner past it answers ENOLCK. See lock.go.
+	MaxLockFDs int
 	// Session, when set, is a session negotiated by an earlier worker: the FS
 	// starts initialized with it (the guest does not send INIT again). On
 	// resume the session persisted in the journal is used instead.
@@ -134,6 +138,7 @@ type FS struct {
 	inited atomic.Bool
 
 	locks lockState
+	plk   plocks
 
 	bufs sync.Pool // *scratch
 }
@@ -169,6 +174,9 @@ func New(o Options) (*FS, error) {
 	if o.MaxHandles <= 0 {
 		o.MaxHandles = 1 << 16
 	}
+	if o.MaxLockFDs <= 0 {
+		o.MaxLockFDs = 1024
+	}
 	if o.Queues <= 0 {
 		o.Queues = 2
 	}
@@ -182,6 +190,7 @@ func New(o Options) (*FS, error) {
 		return &scratch{buf: make([]byte, scratchBuf), iov: make([]unix.Iovec, 0, 64)}
 	}
 	fs.locks.init()
+	fs.plk.byInode = make(map[uint64]map[uint64]*plock)
 	unix.Umask(0)
 
 	var err error
@@ -224,6 +233,7 @@ func New(o Options) (*FS, error) {
 			}
 			fs.setSession(s)
 		}
+		fs.resumeLocks()
 		return fs, nil
 	}
 	rec := make([]byte, fs.irec)
@@ -267,6 +277,7 @@ func (fs *FS) has(flag uint64) bool { return fs.flags.Load()&flag != 0 }
 // Close releases every fd and both maps. Requests must have stopped.
 func (fs *FS) Close() error {
 	fs.locks.cancelAll()
+	fs.dropAllLocks(false) // the store's copies keep the locks for a successor
 	fs.hmu.Lock()
 	for i, h := range fs.hslots {
 		if h != nil {
@@ -500,12 +511,14 @@ func (fs *FS) opInit(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {
 	x.ok(rep, fuse.Bytes(&out)[:size], nil)
 }
 
-// opDestroy ends the session: pending lock waits end, every handle is closed
+// opDestroy ends the session: pending lock waits end, every lock owner's fd
+// and every handle is closed
 // and every inode but the root forgotten (records not loaded since a
 // restart included, and their fds in the store). A new INIT may follow
 // (remount). Idempotent: a resubmitted DESTROY does it again.
 func (fs *FS) opDestroy(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {
 	fs.locks.cancelAll()
+	fs.dropAllLocks(true)
 	fs.hmu.Lock()
 	for i, h := range fs.hslots {
 		if h != nil {

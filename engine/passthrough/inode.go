@@ -326,8 +326,11 @@ func (fs *FS) forget(x *txn, nodeid, n uint64, index uint32) {
 	if r := x.res; r != nil && r.RefValid && r.Ref.Index == uint64(index) && r.Ref.ID == nodeid {
 		if in == nil || in.cnt[x.q] == int64(r.Ref.Pre)-int64(n) {
 			fs.imu.Unlock()
-			if in == nil && fs.store != nil {
-				fs.store.Remove(inoName(nodeid)) // the crash may have come before
+			if in == nil {
+				if fs.store != nil {
+					fs.store.Remove(inoName(nodeid)) // the crash may have come before
+				}
+				fs.dropInodeLocks(nodeid)
 			}
 			return // applied before the crash
 		}
@@ -358,6 +361,7 @@ func (fs *FS) forget(x *txn, nodeid, n uint64, index uint32) {
 		crash(cpStore)
 	}
 	in.kill()
+	fs.dropInodeLocks(nodeid)
 }
 
 // lookupAt resolves one name in directory dirfd without following symlinks,

@@ -380,6 +380,9 @@ func (fs *FS) opFlush(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {
 		return
 	}
 	defer h.unpin()
+	// close(2) in the guest: POSIX drops the closing process's locks on
+	// the file.
+	fs.dropOwnerLock(h.nodeid, in.LockOwner)
 	// close(dup(fd)) gives the host filesystem its flush-on-close (NFS).
 	nfd, err := unix.FcntlInt(uintptr(h.fd), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
@@ -433,6 +436,7 @@ func (fs *FS) release(x *txn, rep *fuse.Reply, arg []byte, dir bool) {
 	}
 	if in.ReleaseFlags&fuse.ReleaseFlockUnlock != 0 {
 		unix.Flock(h.fd, unix.LOCK_UN)
+		fs.dropOwnerLock(h.nodeid, in.LockOwner)
 	}
 	h.unpin() // closes the fd once no other request uses it
 	x.ok(rep, nil, nil)

@@ -428,6 +428,48 @@ func scenarios() []scenario {
 			}
 			r.wantHandles(0)
 		}},
+		{"SETLK new owner", func(r *rig) request {
+			mkfile(r, "f", "0123456789")
+			f := r.mustLookup("f")
+			fh := r.c.open(f.NodeID, unix.O_RDWR)
+			if e := r.c.setlk(f.NodeID, fh, 0xb, unix.F_RDLCK, 8, 9); e != 0 {
+				r.t.Fatalf("SETLK B: %v", e)
+			}
+			return request{op: fuse.OpSetlk, nodeid: f.NodeID, args: [][]byte{b(fuse.LkIn{Fh: fh, Owner: 0xa,
+				Lk: fuse.FileLock{Start: 0, End: 4, Type: unix.F_WRLCK, PID: 42}})}}
+		}, func(r *rig, e unix.Errno, p []byte) {
+			if e != 0 {
+				r.t.Fatalf("errno %v", e)
+			}
+			if l := hostConflict(r.t, r.c.path("f"), 0, 8); l.Type != unix.F_WRLCK || l.Start != 0 || l.Len != 5 {
+				r.t.Errorf("host sees %+v, want A's write lock on [0,5)", l)
+			}
+			if got := r.store.names("lk."); len(got) != 2 {
+				r.t.Errorf("store holds %v, want the two owners' lock fds", got)
+			}
+		}},
+		{"FLUSH drops the owner's locks", func(r *rig) request {
+			mkfile(r, "f", "0123456789")
+			f := r.mustLookup("f")
+			fh := r.c.open(f.NodeID, unix.O_RDWR)
+			if e := r.c.setlk(f.NodeID, fh, 0xa, unix.F_WRLCK, 0, 4); e != 0 {
+				r.t.Fatalf("SETLK A: %v", e)
+			}
+			if e := r.c.setlk(f.NodeID, fh, 0xb, unix.F_WRLCK, 8, 9); e != 0 {
+				r.t.Fatalf("SETLK B: %v", e)
+			}
+			return request{op: fuse.OpFlush, nodeid: f.NodeID, args: [][]byte{b(fuse.FlushIn{Fh: fh, LockOwner: 0xa})}}
+		}, func(r *rig, e unix.Errno, p []byte) {
+			if e != 0 {
+				r.t.Fatalf("errno %v", e)
+			}
+			if l := hostConflict(r.t, r.c.path("f"), 0, 0); l.Type != unix.F_WRLCK || l.Start != 8 {
+				r.t.Errorf("host sees %+v, want only B's lock at 8", l)
+			}
+			if got := r.store.names("lk."); len(got) != 1 {
+				r.t.Errorf("store holds %v, want B's lock fd only", got)
+			}
+		}},
 		{"WRITE O_APPEND", func(r *rig) request {
 			mkfile(r, "f", "base")
 			f := r.mustLookup("f")
@@ -587,7 +629,7 @@ func TestResumeKeepsState(t *testing.T) {
 	d := r.mustLookup("d")
 	fh := r.c.open(f.NodeID, unix.O_RDWR)
 	dh := r.c.opendir(d.NodeID)
-	lk := fuse.LkIn{Fh: fh, Lk: fuse.FileLock{Type: unix.F_WRLCK, Start: 0, End: fuse.OffsetMax}}
+	lk := fuse.LkIn{Fh: fh, Owner: 1, Lk: fuse.FileLock{Type: unix.F_WRLCK, Start: 0, End: fuse.OffsetMax}}
 	if e, _ := r.c.call(fuse.OpSetlk, f.NodeID, b(lk)); e != 0 {
 		t.Fatalf("SETLK: %v", e)
 	}
@@ -614,7 +656,7 @@ func TestResumeKeepsState(t *testing.T) {
 	// The OFD lock is still held by the fh's open file description: a
 	// second open conflicts, re-locking through the fh succeeds.
 	fh2 := r.c.open(f.NodeID, unix.O_RDWR)
-	if e, _ := r.c.call(fuse.OpSetlk, f.NodeID, b(fuse.LkIn{Fh: fh2, Lk: lk.Lk})); e != unix.EAGAIN {
+	if e, _ := r.c.call(fuse.OpSetlk, f.NodeID, b(fuse.LkIn{Fh: fh2, Owner: 2, Lk: lk.Lk})); e != unix.EAGAIN {
 		t.Errorf("conflicting lock after restart: %v, want EAGAIN", e)
 	}
 	if e, _ := r.c.call(fuse.OpSetlk, f.NodeID, b(lk)); e != 0 {
