@@ -30,7 +30,12 @@
 //	dirState.mu (one READDIR per dir handle)
 //	  FS.imu (inode slots, key index, counters)  |  FS.hmu (handle slots)
 //	    maptable's lock, FS.rmu (fds handed back on resume)
-//	FS.smu, lockState.mu: leaves
+//	FS.smu, lockState.mu, plocks.mu: leaves
+//	plock.ready (a lock owner's fd being opened): taken with no other lock
+//	held, around syscalls
+//
+// POSIX locks belong to (inode, lock owner), each owner locking through its
+// own open file description of the inode; flock to the handle (lock.go).
 //
 // The journal takes no lock: a slot is written only by the owner of its
 // head (see engine/journal). Lookup counters are per queue and a queue's

@@ -84,9 +84,13 @@ import (
 //	init        INIT: started → answer from the request again, ignoring that
 //	            the session is already initialized (it was persisted).
 //
-// Locks (SETLK, SETLKW, flock) are OFD locks and flocks on the handle's open
-// file description, which survives in the fd store: re-acquiring a lock this
-// description holds succeeds, so they are idempotent. READDIRPLUS re-executes
+// Locks are idempotent. POSIX locks (SETLK, SETLKW) are OFD locks on the
+// lock owner's own open file description of the inode, which reaches the fd
+// store ("lk.<nodeid>.<owner>") before any lock is taken on it, and flocks
+// are on the handle's open file description ("fh.<id>"): re-acquiring or
+// re-releasing a lock on the same description gives the same state and
+// answer. FLUSH closes the owner's lock fd and removes its stored copy;
+// re-executed, it finds the copy the next worker took back and drops it. READDIRPLUS re-executes
 // and may count the references of the entries of a reply the guest never got
 // a second time: an over-count keeps an inode known longer (until FORGET of
 // what the guest holds leaves it above 0, at worst until DESTROY), never an

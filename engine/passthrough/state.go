@@ -23,6 +23,11 @@ import (
 //   - open file descriptions of handles (OPEN, CREATE, OPENDIR, TMPFILE):
 //     stored as "fh.<id>" (id in hex) when the handle is created, before its
 //     fh is answered, removed at RELEASE/RELEASEDIR;
+//   - lock owners' open file descriptions (lock.go): "lk.<nodeid>.<owner>"
+//     (hex), stored when an owner first locks an inode, before the lock,
+//     removed at that owner's FLUSH, FORGET of the inode and DESTROY; a
+//     resumed FS takes them all back in New, each checked against its
+//     inode record (O(lock fds), not O(inodes));
 //   - O_PATH fds of inodes a file handle cannot reopen: no handle, another
 //     mount than the root's, or no link left (unlinked or TMPFILE while the
 //     guest references it): "ino.<id>", stored before the unlink that drops
