@@ -57,7 +57,7 @@ func TestParseArgs(t *testing.T) {
 		{"bad fd", []string{"--fd=x"}, nil, "fd"},
 		{"bad level", []string{"--log-level=loud"}, nil, "log-level"},
 		{"bad -o", []string{"-o", "bogus=1"}, nil, "unknown option"},
-		{"refused -o", []string{"-o", "sandbox=chroot"}, nil, "--sandbox=chroot: not supported"},
+		{"refused -o", []string{"-o", "timeout=1"}, nil, "-o timeout: not supported"},
 		{"empty source", []string{"-o", "source="}, nil, "empty"},
 		{"flag with value", []string{"-o", "xattr=1"}, nil, "no value"},
 		{"stray argument", []string{"--shared-dir=" + dir, "extra"}, nil, "unexpected argument"},
