@@ -27,7 +27,10 @@ type config struct {
 	Syslog       bool  // log to syslog(3) instead of stderr
 	RlimitNofile int64 // -1 (default): raise to min(1000000, nr_open); 0: leave as is
 	Sandbox      string
-	allowMmap    bool // --allow-mmap (checked against --cache)
+	// sandboxExplicit: --sandbox was given; modcaps: --modcaps (cmd/vfsd/sandbox.go).
+	sandboxExplicit bool
+	modcaps         string
+	allowMmap       bool // --allow-mmap (checked against --cache)
 
 	// Supervisor mode (the default): the process that holds the frontend
 	// connection and restarts the worker.
@@ -220,7 +223,7 @@ func newFlagSet(c *config) *flag.FlagSet {
 			if !idMapRE.MatchString(s) {
 				return errors.New("want :namespace_id:host_id:count:")
 			}
-			c.refuse("--"+name, "vfsd has no user-namespace sandbox yet (--sandbox=namespace)")
+			c.refuse("--"+name, "not supported: vfsd has no user-namespace sandbox (run it as root)")
 			return nil
 		})
 	}
@@ -312,15 +315,7 @@ func (c *config) setInodeFileHandles(s string) error {
 }
 
 func (c *config) setSandbox(s string) error {
-	switch s {
-	case "none":
-		c.Sandbox = s
-	case "namespace", "chroot":
-		c.refuse("--sandbox="+s, "vfsd has no sandbox yet; give --sandbox=none (the default)")
-	default:
-		return errors.New("want namespace, chroot or none")
-	}
-	return nil
+	return c.setSandboxMode(s)
 }
 
 var modcapRE = regexp.MustCompile(`^[+-][a-zA-Z_]+$`)
@@ -331,8 +326,7 @@ func (c *config) setModcaps(opt, s string) error {
 			return fmt.Errorf("%q: want +cap or -cap, colon-separated (e.g. +sys_admin:-chown)", m)
 		}
 	}
-	c.refuse(opt, "vfsd does not manage capabilities (it keeps those it was started with)")
-	return nil
+	return c.setModcapsList(s)
 }
 
 func (c *config) setCache(s string) error {
@@ -377,6 +371,9 @@ func (c *config) setLevel(s string) error {
 
 // crossCheck refuses combinations vfsd cannot honour.
 func (c *config) crossCheck() error {
+	if err := c.checkSandbox(); err != nil {
+		return err
+	}
 	if c.allowMmap && (c.Cache == "never" || c.Cache == "metadata") {
 		return fmt.Errorf("--allow-mmap with --cache=%s: not supported: vfsd does not offer FUSE_DIRECT_IO_ALLOW_MMAP "+
 			"(with --cache=auto or always shared files can be mmap'd anyway)", c.Cache)
@@ -465,6 +462,7 @@ func (c *config) workerArgs() []string {
 	if c.MetricsAddr != "" {
 		args = append(args, "--metrics-addr="+c.MetricsAddr)
 	}
+	args = append(args, c.sandboxArgs()...)
 	if c.NoXattr {
 		args = append(args, "--no-xattr")
 	}

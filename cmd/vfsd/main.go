@@ -118,6 +118,9 @@ func runWorker(args []string, stderr io.Writer) int {
 	if err == nil {
 		c.Supervised = true
 		c.Resume = os.Getenv(supervisor.EnvResume) == "1"
+		err = c.enterSandbox() // re-executes the worker inside its sandbox
+	}
+	if err == nil {
 		err = c.Validate()
 	}
 	if err != nil {

@@ -86,11 +86,14 @@ var optionDocs = []optionDoc{
 	{[]string{"metrics-addr"}, "ADDR", "Serve Prometheus metrics (/metrics: requests, errors and latency per " +
 		"opcode and queue, batch sizes, inflight, restarts, stored fds) from the worker; same addresses as " +
 		"--pprof-addr. Off by default.", secLog},
-	{[]string{"sandbox"}, "MODE", "none (vfsd's default) is accepted; namespace and chroot are refused: vfsd " +
-		"has no sandbox yet.", secIsolate},
-	{[]string{"modcaps"}, "LIST", "Checked (+cap or -cap, colon-separated) and refused: vfsd keeps the " +
-		"capabilities it was started with.", secIsolate},
-	{[]string{"uid-map", "gid-map"}, ":NS:HOST:COUNT:", "Checked and refused: they need --sandbox=namespace.",
+	{[]string{"sandbox"}, "MODE", "namespace (the default under the supervisor): the worker runs in new mount, " +
+		"pid, net, IPC and UTS namespaces with a root holding only the shared directory (/shared) and a " +
+		"read-only /proc; none (the default with --no-supervisor): no isolation. chroot is refused. Either " +
+		"way the supervised worker drops capabilities (engine/sandbox).", secIsolate},
+	{[]string{"modcaps"}, "LIST", "Adjust the worker's capabilities: +cap or -cap, colon- or comma-separated " +
+		"(e.g. +sys_admin:-mknod); the default set is chown, dac_override, dac_read_search, fowner, fsetid, " +
+		"setgid, setuid, mknod, setfcap.", secIsolate},
+	{[]string{"uid-map", "gid-map"}, ":NS:HOST:COUNT:", "Checked and refused: vfsd has no user-namespace sandbox.",
 		secIsolate},
 
 	{[]string{"log-level"}, "LEVEL", "error, warn, info (default), debug, trace (same as debug) or off.", secLog},
@@ -189,7 +192,7 @@ var compatOptions = []compatOption{
 		return nil
 	}},
 	{"sandbox", "MODE", "--sandbox=MODE", (*config).setSandbox},
-	{"modcaps", "LIST", "--modcaps=LIST (refused)", func(c *config, v string) error { return c.setModcaps("-o modcaps", v) }},
+	{"modcaps", "LIST", "--modcaps=LIST", func(c *config, v string) error { return c.setModcaps("-o modcaps", v) }},
 	{"timeout", "SECONDS", "refused: " + errTimeout, func(c *config, _ string) error {
 		c.refuse("-o timeout", errTimeout)
 		return nil

@@ -86,7 +86,7 @@ func runSupervisor(ctx context.Context, c config, stderr io.Writer, sd sysd) int
 		errFile = f
 	}
 	s, err := supervisor.New(supervisor.Config{
-		FrontendFD: conn, WorkerArgs: c.workerArgs(),
+		FrontendFD: conn, WorkerArgs: c.workerArgs(), PrepareWorker: c.prepareWorker(),
 		Stdout: errFile, Stderr: errFile,
 		MaxRestarts: c.MaxRestarts, RestartWindow: c.RestartWindow,
 		BackoffMin: min(supervisor.DefaultBackoffMin, c.BackoffMax), BackoffMax: c.BackoffMax,

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/exec"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -42,6 +43,10 @@ type Config struct {
 	Env []string
 	// Stdout and Stderr of the worker; nil means the supervisor's.
 	Stdout, Stderr *os.File
+	// PrepareWorker, if set, adjusts each worker's command just before it
+	// starts (after its args, env, fds and SysProcAttr are set): e.g. the
+	// namespaces of engine/sandbox. It must not change ExtraFiles.
+	PrepareWorker func(*exec.Cmd)
 
 	// Crash budget: more than MaxRestarts worker deaths within
 	// RestartWindow stop the supervisor.

@@ -103,6 +103,9 @@ func (s *Supervisor) spawn(resume bool) (*worker, error) {
 	cmd.ExtraFiles = append(append(files, peer), notify)
 	cmd.Stdout, cmd.Stderr = s.cfg.Stdout, s.cfg.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
+	if s.cfg.PrepareWorker != nil {
+		s.cfg.PrepareWorker(cmd)
+	}
 	if err := cmd.Start(); err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("start worker %s: %w", s.path, err)

@@ -10,6 +10,7 @@ import (
 
 	"vfsd/engine/fdstore"
 	"vfsd/engine/passthrough"
+	"vfsd/engine/sandbox"
 )
 
 // runSupervised is Run for a child of engine/supervisor: the connection is
@@ -39,6 +40,10 @@ func runSupervised(ctx context.Context, o Options, log *slog.Logger) error {
 		clear(byName)
 	}
 	for _, f := range handed {
+		if sandbox.IsHeld(f.Name) { // the sandbox's, used before exec (engine/sandbox)
+			unix.Close(f.FD)
+			continue
+		}
 		if old, dup := byName[f.Name]; dup {
 			// Names are unique in what this worker stores; keep the newest.
 			unix.Close(old)
