@@ -22,6 +22,10 @@ func TestMain(m *testing.M) {
 	if len(os.Args) > 1 && os.Args[1] == "worker" {
 		os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 	}
+	if os.Getenv("VFSD_TEST_AS_MAIN") == "1" { // the whole vfsd, as a process (systemd_test.go)
+		os.Unsetenv("VFSD_TEST_AS_MAIN")
+		os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+	}
 	os.Exit(m.Run())
 }
 
