@@ -86,10 +86,10 @@ var optionDocs = []optionDoc{
 	{[]string{"metrics-addr"}, "ADDR", "Serve Prometheus metrics (/metrics: requests, errors and latency per " +
 		"opcode and queue, batch sizes, inflight, restarts, stored fds) from the worker; same addresses as " +
 		"--pprof-addr. Off by default.", secLog},
-	{[]string{"sandbox"}, "MODE", "namespace (the default under the supervisor): the worker runs in new mount, " +
-		"pid, net, IPC and UTS namespaces with a root holding only the shared directory (/shared) and a " +
-		"read-only /proc; none (the default with --no-supervisor): no isolation. chroot is refused. Either " +
-		"way the supervised worker drops capabilities (engine/sandbox).", secIsolate},
+	{[]string{"sandbox"}, "MODE", "namespace: the supervised worker runs in new mount, pid, net, IPC and UTS " +
+		"namespaces with a root holding only the shared directory (/shared), a read-only /proc and the " +
+		"dynamic loader; none (the default for now): no isolation. chroot is refused. The supervised worker " +
+		"drops capabilities in both modes (engine/sandbox). namespace needs the supervisor.", secIsolate},
 	{[]string{"modcaps"}, "LIST", "Adjust the worker's capabilities: +cap or -cap, colon- or comma-separated " +
 		"(e.g. +sys_admin:-mknod); the default set is chown, dac_override, dac_read_search, fowner, fsetid, " +
 		"setgid, setuid, mknod, setfcap.", secIsolate},
