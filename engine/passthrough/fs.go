@@ -519,18 +519,28 @@ func (fs *FS) opInit(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {
 func (fs *FS) opDestroy(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {
 	fs.locks.cancelAll()
 	fs.dropAllLocks(true)
+	// Records of loaded handles and inodes are deleted from memory's view;
+	// maptable.Range (which touches every slot of the sparse memfd: pages
+	// of shared memory for the whole capacity) runs only when records
+	// remain that were never loaded since a restart.
 	fs.hmu.Lock()
 	for i, h := range fs.hslots {
 		if h != nil {
 			fs.hslots[i] = nil
+			fs.handles.Delete(h.id)
+			if fs.store != nil {
+				fs.store.Remove(fhName(uint64(h.id)))
+			}
 			h.kill()
 		}
 	}
 	var ids []maptable.ID
-	fs.handles.Range(func(id maptable.ID, _ maptable.Key, _ []byte) bool {
-		ids = append(ids, id)
-		return true
-	})
+	if fs.lazy && fs.handles.Len() > 0 {
+		fs.handles.Range(func(id maptable.ID, _ maptable.Key, _ []byte) bool {
+			ids = append(ids, id)
+			return true
+		})
+	}
 	for _, id := range ids {
 		fs.handles.Delete(id)
 		if fs.store != nil {
@@ -542,6 +552,10 @@ func (fs *FS) opDestroy(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {
 	for i, in := range fs.islots {
 		if in != nil {
 			fs.islots[i] = nil
+			fs.inodes.Delete(in.tid)
+			if in.flags&recKept != 0 && fs.store != nil {
+				fs.store.Remove(inoName(uint64(in.tid)))
+			}
 			in.kill()
 		}
 	}
@@ -549,13 +563,15 @@ func (fs *FS) opDestroy(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {
 	fs.byKey[fs.root.key] = fs.root
 	ids = ids[:0]
 	var kept []bool
-	fs.inodes.Range(func(id maptable.ID, _ maptable.Key, val []byte) bool {
-		if id != fs.root.tid {
-			ids = append(ids, id)
-			kept = append(kept, binary.LittleEndian.Uint32(val[recFlags:])&recKept != 0)
-		}
-		return true
-	})
+	if fs.lazy && fs.inodes.Len() > 1 {
+		fs.inodes.Range(func(id maptable.ID, _ maptable.Key, val []byte) bool {
+			if id != fs.root.tid {
+				ids = append(ids, id)
+				kept = append(kept, binary.LittleEndian.Uint32(val[recFlags:])&recKept != 0)
+			}
+			return true
+		})
+	}
 	for i, id := range ids {
 		fs.inodes.Delete(id)
 		if kept[i] && fs.store != nil {

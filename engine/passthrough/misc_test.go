@@ -73,3 +73,44 @@ func TestSetxattrACLKillSgid(t *testing.T) {
 		t.Errorf("mode %o after ACL_KILL_SGID, want 0775", st.Mode&0o7777)
 	}
 }
+
+// TestWriteOverMaxWrite: a WRITE larger than the announced max_write is
+// refused, one of exactly max_write is served.
+func TestWriteOverMaxWrite(t *testing.T) {
+	c := newTFS(t, Options{})
+	os.WriteFile(c.path("f"), nil, 0o644)
+	f := c.mustLookup(fuse.RootID, "f")
+	fh := c.open(f.NodeID, unix.O_RDWR)
+	_, eno := c.write(f.NodeID, fh, 0, make([]byte, maxWrite+1), 0)
+	wantErr(t, "WRITE of max_write+1 bytes", eno, unix.EINVAL)
+	n, eno := c.write(f.NodeID, fh, 0, make([]byte, maxWrite), 0)
+	if eno != 0 || n != maxWrite {
+		t.Errorf("WRITE of max_write bytes: %d %v", n, eno)
+	}
+}
+
+// TestDestroyDropsEverything: DESTROY of a session that never restarted
+// deletes every record and stored fd (without walking the tables' whole
+// capacity: see opDestroy).
+func TestDestroyDropsEverything(t *testing.T) {
+	r := newRig(t)
+	os.Mkdir(r.c.path("d"), 0o755)
+	os.WriteFile(r.c.path("d/f"), nil, 0o644)
+	d := r.mustLookup("d")
+	f := r.c.mustLookup(d.NodeID, "f")
+	r.c.open(f.NodeID, unix.O_RDWR)
+	r.c.opendir(d.NodeID)
+	r.c.call(fuse.OpUnlink, d.NodeID, name("f")) // kept in the store as ino.<id>
+	if len(r.store.names("ino.")) != 1 || len(r.store.names("fh.")) != 2 {
+		t.Fatalf("store before DESTROY: %v %v", r.store.names("ino."), r.store.names("fh."))
+	}
+	if e, _ := r.c.call(fuse.OpDestroy, fuse.RootID); e != 0 {
+		t.Fatal(e)
+	}
+	if n, h := r.c.fs.inodes.Len(), r.c.fs.handles.Len(); n != 1 || h != 0 {
+		t.Errorf("after DESTROY: %d inode records (want the root's), %d handles", n, h)
+	}
+	if got := append(r.store.names("ino."), r.store.names("fh.")...); len(got) != 0 {
+		t.Errorf("store after DESTROY holds %v", got)
+	}
+}

@@ -290,7 +290,9 @@ func (fs *FS) opRead(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {
 func (fs *FS) opWrite(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {
 	var in fuse.WriteIn
 	fuse.Parse(arg, &in)
-	if in.Offset > fuse.OffsetMax || int(in.Size) != req.Data.Len() {
+	// Never more than the max_write we announced (the guest never sends
+	// more; the data stays in guest RAM either way).
+	if in.Offset > fuse.OffsetMax || int(in.Size) != req.Data.Len() || in.Size > maxWrite {
 		rep.Error(unix.EINVAL)
 		return
 	}
