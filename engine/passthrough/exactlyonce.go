@@ -72,9 +72,14 @@ import (
 //	append      WRITE on an O_APPEND handle: pre = size before, length.
 //	            Started: size == pre+len → the write landed, reply len;
 //	            size == pre → re-execute; size in between → a short write
-//	            landed, reply size-pre; larger → landed iff the bytes at pre
-//	            equal the data; otherwise EIO (never write twice). Writes with
-//	            an offset are idempotent.
+//	            landed (the kill stopped the kernel's write): when the bytes
+//	            at pre are the start of the data (still in guest RAM), the
+//	            ref record journals (bytes landed, offset of the rest) and
+//	            the rest is appended, reply len (a crash during that
+//	            completion resolves from the ref record the same way);
+//	            larger → landed iff the bytes at pre equal the data;
+//	            otherwise EIO (never write twice). Writes with an offset are
+//	            idempotent. See appendResume.
 //	shift       FALLOCATE with COLLAPSE_RANGE/INSERT_RANGE: pre = size.
 //	            Started: size == pre∓len → success; == pre → re-execute;
 //	            else EIO. Other modes are idempotent.

@@ -303,6 +303,8 @@ func (fs *FS) opWrite(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {
 	}
 	defer h.unpin()
 	off := int64(in.Offset)
+	data := req.Data
+	skip := int64(0) // bytes of data a crashed run already appended
 	if h.flags&unix.O_APPEND != 0 {
 		off = -1 // append at the end, whatever the guest's idea of it
 		// The append rule: pre = size before, length.
@@ -315,25 +317,33 @@ func (fs *FS) opWrite(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {
 		pre[0], pre[1] = uint64(st.Size), uint64(in.Size)
 		x.begin(&pre)
 		if x.res != nil {
-			if n, done := fs.appendLanded(h.fd, req.Data, int64(pre[0]), int64(pre[1]), st.Size); done {
-				if n < 0 {
-					x.fail(rep, unix.EIO)
-					return
-				}
-				out := fuse.WriteOut{Size: uint32(n)}
+			k, done := fs.appendResume(&x, h.fd, req.Data, st.Size)
+			switch {
+			case done && k < 0:
+				x.fail(rep, unix.EIO)
+				return
+			case done:
+				out := fuse.WriteOut{Size: uint32(k)}
 				x.ok(rep, fuse.Bytes(&out), nil)
 				return
+			case k > 0:
+				// Complete a short write: the rest goes at the end.
+				skip = k
+				data = req.Data.Slice(nil, int(k), int(in.Size)-int(k))
 			}
 		}
 	}
 	s := fs.getScratch()
-	n, iov, err := fuse.WriteFile(h.fd, req.Data, off, s.iov)
+	n, iov, err := fuse.WriteFile(h.fd, data, off, s.iov)
 	s.iov = iov[:0]
 	fs.putScratch(s)
 	crash(cpSyscall)
 	if err != nil {
-		x.fail(rep, errno(err))
-		return
+		if skip == 0 {
+			x.fail(rep, errno(err))
+			return
+		}
+		n = 0 // a short write, as the crash-free run's would have been
 	}
 	if in.WriteFlags&fuse.WriteKillSuidgid != 0 {
 		if eno := fs.killSuidgid(h.fd); eno != 0 {
@@ -341,36 +351,89 @@ func (fs *FS) opWrite(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {
 			return
 		}
 	}
-	out := fuse.WriteOut{Size: uint32(n)}
+	out := fuse.WriteOut{Size: uint32(skip + int64(n))}
 	x.ok(rep, fuse.Bytes(&out), nil)
 }
 
-// appendLanded is the append rule for a resubmitted O_APPEND WRITE whose
-// crashed run began: size is the file's size now, pre before, n the length.
-// It returns (written, true) when the write landed (whole or short), (-1,
-// true) when that cannot be known (answer EIO, never write twice), (0,
-// false) when it did not land (re-execute).
-func (fs *FS) appendLanded(fd int, data fuse.Scatter, pre, n, size int64) (int64, bool) {
-	switch {
-	case size == pre:
-		return 0, false
-	case size == pre+n:
-		return n, true
-	case size > pre && size < pre+n:
-		return size - pre, true // a short write landed
-	case size > pre+n:
-		// Later appends by others: the write landed iff our bytes are there.
-		got := make([]byte, n)
-		if m, err := unix.Pread(fd, got, pre); err != nil || int64(m) != n {
+// appendRefID marks the ref record of an O_APPEND WRITE completing a short
+// write after a crash: Ref.Index = bytes of the data already in the file
+// (contiguous from the begin record's pre-size), Ref.Pre = the offset where
+// the rest is appended (the size when the completion started).
+const appendRefID = 1<<63 | 0x415050454e44 // "APPEND"
+
+// appendResume is the append rule for a resubmitted O_APPEND WRITE whose
+// crashed run began; size is the file's size now. The state of the request
+// is (k, at): the first k bytes of the data are in the file, the rest is to
+// be appended at offset at. It starts as (0, pre) (the begin record) or
+// comes from a completion ref record (appendRefID), and compares the file
+// against it:
+//
+//   - size == at: nothing more landed. k == 0: (0, false), re-execute.
+//     Else (k, false): append the rest (the ref record already says so).
+//   - size == at+rest: the (rest of the) write landed: (len, true).
+//   - at < size < at+rest: a short write landed (the kernel's write stopped,
+//     at a page boundary say, when the worker was killed); when those bytes
+//     are the next bytes of the data, k grows by them, the new state is
+//     journaled in the ref record before anything is written, and (k,
+//     false) asks for the rest to be appended. Otherwise (-1, true).
+//   - size > at+rest: later appends by others; the write landed iff our
+//     bytes are at at: (len, true), else (-1, true).
+//   - size < at: truncated meanwhile; (-1, true).
+//
+// (-1, true) answers EIO: never write twice. The journaled state makes a
+// crash during a completion resolve the same way (the bytes it appended
+// are checked from at).
+func (fs *FS) appendResume(x *txn, fd int, data fuse.Scatter, size int64) (int64, bool) {
+	r := x.res
+	pre, n := int64(r.Pre[0]), int64(r.Pre[1])
+	if n != int64(data.Len()) || pre < 0 {
+		return -1, true
+	}
+	k, at := int64(0), pre
+	if r.RefValid && r.Ref.ID == appendRefID {
+		k, at = int64(r.Ref.Index), int64(r.Ref.Pre)
+		if k <= 0 || k >= n || at < pre+k {
 			return -1, true
 		}
-		want := make([]byte, n)
-		data.CopyOut(want)
-		if bytes.Equal(got, want) {
-			return n, true
-		}
 	}
-	return -1, true
+	rest := n - k
+	switch {
+	case size == at:
+		return k, false
+	case size == at+rest:
+		return n, true
+	case size < at:
+		return -1, true
+	}
+	m := min(size-at, rest)
+	got := make([]byte, m)
+	// The handle may be write-only: read through a description of our own.
+	rfd, err := fs.reopen(fd, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NOATIME)
+	if err == unix.EPERM {
+		rfd, err = fs.reopen(fd, unix.O_RDONLY|unix.O_CLOEXEC)
+	}
+	if err != nil {
+		return -1, true
+	}
+	c, err := unix.Pread(rfd, got, at)
+	unix.Close(rfd)
+	if err != nil || int64(c) != m {
+		return -1, true
+	}
+	want := make([]byte, m)
+	data.Slice(nil, int(k), int(m)).CopyOut(want)
+	if !bytes.Equal(got, want) {
+		return -1, true
+	}
+	if m == rest {
+		return n, true // landed; appends by others followed
+	}
+	k, at = k+m, size
+	if x.begun {
+		x.slot.SetRef(x.gen, &journal.Ref{ID: appendRefID, Pre: uint64(at), Index: uint64(k)})
+		crash(cpRef)
+	}
+	return k, false
 }
 
 func (fs *FS) opFlush(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {

@@ -209,6 +209,19 @@ type scenario struct {
 	check func(r *rig, e unix.Errno, p []byte)
 }
 
+// onCrash, by scenario name, runs after the request died at point, before
+// the restart: it makes the host look as the kill left it (a short write).
+var onCrash = map[string]func(r *rig, point string){
+	"WRITE O_APPEND short": func(r *rig, point string) {
+		// The kill stopped the kernel's write at a page boundary.
+		if point == cpSyscall {
+			if err := os.Truncate(r.c.path("f"), 4096); err != nil {
+				r.t.Fatal(err)
+			}
+		}
+	},
+}
+
 // normalize blanks what differs between two runs on different directories
 // (nodeids, fhs, inode numbers, timestamps).
 func normalize(op uint32, p []byte) []byte {
@@ -487,6 +500,24 @@ func scenarios() []scenario {
 				r.t.Errorf("file %q", got)
 			}
 		}},
+		{"WRITE O_APPEND short", func(r *rig) request {
+			mkfile(r, "f", "base")
+			f := r.mustLookup("f")
+			r.c.fs.flags.Store(r.c.fs.flags.Load() &^ fuse.FlagWritebackCache)
+			fh := r.c.open(f.NodeID, unix.O_WRONLY|unix.O_APPEND)
+			return request{op: fuse.OpWrite, nodeid: f.NodeID,
+				args: [][]byte{b(fuse.WriteIn{Fh: fh, Size: uint32(len(appendData))}), appendData}}
+		}, func(r *rig, e unix.Errno, p []byte) {
+			if e != 0 {
+				r.t.Fatalf("errno %v", e)
+			}
+			if n := parse[fuse.WriteOut](r.t, p).Size; n != uint32(len(appendData)) {
+				r.t.Errorf("wrote %d of %d", n, len(appendData))
+			}
+			if got, _ := os.ReadFile(r.c.path("f")); !bytes.Equal(got, append([]byte("base"), appendData...)) {
+				r.t.Errorf("file holds %d bytes, not base+data", len(got))
+			}
+		}},
 		{"SETXATTR CREATE", func(r *rig) request {
 			mkfile(r, "f", "x")
 			f := r.mustLookup("f")
@@ -588,6 +619,9 @@ func TestCrashEveryStep(t *testing.T) {
 						t.Fatalf("did not reach crash point %d", i)
 					}
 					unique := r.c.unique
+					if f := onCrash[sc.name]; f != nil {
+						f(r, point)
+					}
 					r.restart()
 					resubmit := func() (unix.Errno, []byte) {
 						r.c.queue, r.c.head, r.c.resumed = req.queue, uint16(7+i), true
@@ -613,6 +647,125 @@ func TestCrashEveryStep(t *testing.T) {
 					}
 					sc.check(r, e2, p2)
 				})
+			}
+		})
+	}
+}
+
+// appendData is an O_APPEND WRITE's payload: 3 pages and a bit, no two
+// pages alike.
+var appendData = func() []byte {
+	d := make([]byte, 3*4096+1030)
+	for i := range d {
+		d[i] = byte(i*7 + i>>12)
+	}
+	return d
+}()
+
+// TestAppendShortWrite: an O_APPEND WRITE killed inside the kernel's write
+// (a prefix of the data landed) is completed by the resubmission, also when
+// the completion itself is cut short by a second kill, or dies before or
+// after its write; bytes that are not the data's answer EIO.
+func TestAppendShortWrite(t *testing.T) {
+	const base = "base"
+	want := append([]byte(base), appendData...)
+	type cut struct {
+		point string // crash point of the completion run ("" none)
+		size  int64  // file size the kill left (0: as written)
+	}
+	for _, tc := range []struct {
+		name   string
+		first  int64 // size the first kill left
+		second *cut
+		spoil  bool // overwrite the landed prefix before the resubmission
+		want   unix.Errno
+	}{
+		{name: "complete", first: 4096},
+		{name: "one byte", first: int64(len(base)) + 1},
+		{name: "all but one", first: int64(len(want)) - 1},
+		{name: "completion cut", first: 4096, second: &cut{point: cpSyscall, size: 8192}},
+		{name: "completion whole", first: 4096, second: &cut{point: cpSyscall}},
+		{name: "completion not begun", first: 4096, second: &cut{point: cpRef}},
+		{name: "completion nothing written", first: 4096, second: &cut{point: cpSyscall, size: 4096}},
+		{name: "not our bytes", first: 4096, spoil: true, want: unix.EIO},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newRig(t)
+			os.WriteFile(r.c.path("f"), []byte(base), 0o644)
+			f := r.mustLookup("f")
+			r.c.fs.flags.Store(r.c.fs.flags.Load() &^ fuse.FlagWritebackCache)
+			fh := r.c.open(f.NodeID, unix.O_WRONLY|unix.O_APPEND)
+			args := [][]byte{b(fuse.WriteIn{Fh: fh, Size: uint32(len(appendData))}), appendData}
+			r.c.queue, r.c.head = 1, 9
+			if died, point, _, _ := r.callCrash(1, fuse.OpWrite, f.NodeID, args...); !died || point != cpSyscall {
+				t.Fatalf("died %v at %q, want the write's syscall point", died, point)
+			}
+			unique := r.c.unique
+			if err := os.Truncate(r.c.path("f"), tc.first); err != nil {
+				t.Fatal(err)
+			}
+			if tc.spoil {
+				fd, _ := unix.Open(r.c.path("f"), unix.O_WRONLY, 0)
+				unix.Pwrite(fd, []byte("X"), int64(len(base)))
+				unix.Close(fd)
+			}
+			r.restart()
+			resubmit := func(crashAt string) (bool, unix.Errno, []byte) {
+				r.c.queue, r.c.head, r.c.resumed, r.c.unique = 1, 9, true, unique-1
+				defer func() { r.c.resumed = false }()
+				if crashAt == "" {
+					e, p := r.c.call(fuse.OpWrite, f.NodeID, args...)
+					return false, e, p
+				}
+				crashHook = func(pt string) {
+					if pt == crashAt {
+						panic(crashed{pt})
+					}
+				}
+				died, _, e, p := r.callCrash(-1, fuse.OpWrite, f.NodeID, args...)
+				return died, e, p
+			}
+			if c := tc.second; c != nil {
+				i := 0
+				crashHook = func(pt string) {
+					if pt == c.point {
+						panic(crashed{pt})
+					}
+					i++
+				}
+				func() {
+					defer func() {
+						crashHook = nil
+						if v := recover(); v == nil {
+							t.Fatalf("completion did not reach %q", c.point)
+						}
+					}()
+					r.c.queue, r.c.head, r.c.resumed, r.c.unique = 1, 9, true, unique-1
+					r.c.call(fuse.OpWrite, f.NodeID, args...)
+				}()
+				r.c.resumed = false
+				if c.size > 0 {
+					if err := os.Truncate(r.c.path("f"), c.size); err != nil {
+						t.Fatal(err)
+					}
+				}
+				r.restart()
+			}
+			for round := range 2 { // the second: a replay of the done record
+				_, e, p := resubmit("")
+				if e != tc.want {
+					t.Fatalf("round %d: errno %v, want %v", round, e, tc.want)
+				}
+				if e != 0 {
+					return
+				}
+				if n := parse[fuse.WriteOut](t, p).Size; n != uint32(len(appendData)) {
+					t.Fatalf("round %d: wrote %d of %d", round, n, len(appendData))
+				}
+				if got, _ := os.ReadFile(r.c.path("f")); !bytes.Equal(got, want) {
+					t.Fatalf("round %d: file holds %d bytes (want %d), not base+data", round, len(got), len(want))
+				}
+				r.restart()
 			}
 		})
 	}
