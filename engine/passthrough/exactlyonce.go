@@ -3,6 +3,7 @@ package passthrough
 import (
 	"golang.org/x/sys/unix"
 
+	"vfsd/engine/crashpoint"
 	"vfsd/engine/fuse"
 	"vfsd/engine/journal"
 	"vfsd/maptable"
@@ -167,9 +168,21 @@ const (
 	cpDone     = "done"     // journal done record written, reply not yet pushed
 )
 
+// crash is a crash point of a journaled request: the test hook, and the
+// process-wide crash points (engine/crashpoint) the tools/crash tests arm
+// with VFSD_CRASHPOINT: after-syscall (the host syscall ran, its result
+// not yet journaled) and after-journal (the done record is written, the
+// reply not yet handed back). mid-maptable-insert and mid-fd-handover are
+// hit where maptable insertions and fd store hand-overs happen.
 func crash(point string) {
 	if crashHook != nil {
 		crashHook(point)
+	}
+	switch point {
+	case cpSyscall:
+		crashpoint.Hit(crashpoint.AfterSyscall)
+	case cpDone:
+		crashpoint.Hit(crashpoint.AfterJournal)
 	}
 }
 

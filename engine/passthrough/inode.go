@@ -8,6 +8,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"vfsd/engine/crashpoint"
 	"vfsd/engine/fuse"
 	"vfsd/maptable"
 )
@@ -273,6 +274,7 @@ func (fs *FS) adopt(x *txn, fd int, st *unix.Statx_t) (uint64, unix.Errno) {
 		unix.Close(fd)
 		return 0, errno(err)
 	}
+	crashpoint.Hit(crashpoint.MidMaptableInsert) // inserted, counted; not installed, not journaled done
 	in.tid = id
 	fs.installLocked(in)
 	fs.imu.Unlock()
@@ -536,12 +538,13 @@ func (fs *FS) newHandle(k maptable.Key, fd int, nodeid uint64, flags int, dir bo
 		}
 		return 0, errno(err)
 	}
+	crashpoint.Hit(crashpoint.MidMaptableInsert) // record inserted, its fd not yet stored
 	h.id = id
 	fs.installHandleLocked(h)
 	fs.hmu.Unlock()
 	crash(cpMaptable)
 	if fs.store != nil {
-		if fs.store.Store(fhName(uint64(id)), fd) != nil {
+		if fs.storeFD(fhName(uint64(id)), fd) != nil {
 			fs.storeErrs.Add(1)
 		}
 		crash(cpStore)

@@ -8,6 +8,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"vfsd/engine/crashpoint"
 	"vfsd/engine/fuse"
 	"vfsd/engine/journal"
 	"vfsd/maptable"
@@ -57,6 +58,14 @@ type FDStore interface {
 func inoName(id uint64) string { return "ino." + strconv.FormatUint(id, 16) }
 func fhName(id uint64) string  { return "fh." + strconv.FormatUint(id, 16) }
 
+// storeFD hands fd to the store under name. The crash point
+// mid-fd-handover comes first: the fd exists (and its handle or inode
+// record may), the store does not have it.
+func (fs *FS) storeFD(name string, fd int) error {
+	crashpoint.Hit(crashpoint.MidFDHandover)
+	return fs.store.Store(name, fd)
+}
+
 // StoreErrors is the number of fd store calls that failed (those fds would
 // not survive a restart); for the worker to report.
 func (fs *FS) StoreErrors() uint64 { return fs.storeErrs.Load() }
@@ -88,7 +97,7 @@ func (fs *FS) keep(in *inode) {
 		return
 	}
 	defer in.unpin()
-	if err := fs.store.Store(inoName(uint64(in.tid)), in.fd); err != nil {
+	if err := fs.storeFD(inoName(uint64(in.tid)), in.fd); err != nil {
 		fs.storeErrs.Add(1)
 		return
 	}
@@ -213,7 +222,7 @@ func (fs *FS) materializeLocked(id maptable.ID, fd int) (*inode, unix.Errno) {
 	in.fd = fd
 	if in.flags&recKept == 0 && fs.store != nil && (st.Nlink == 0 || !hasFh) {
 		// Reachable now (an fd kept it alive), not after the next restart.
-		if fs.store.Store(inoName(uint64(id)), fd) == nil {
+		if fs.storeFD(inoName(uint64(id)), fd) == nil {
 			in.flags |= recKept
 		}
 	}
