@@ -392,7 +392,16 @@ func TestKillChildren(t *testing.T) {
 	var kills []string
 	for i := 0; i < 100 && len(kills) < 2; i++ {
 		time.Sleep(20 * time.Millisecond)
-		if b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", cmd.Process.Pid, cmd.Process.Pid)); len(strings.Fields(string(b))) == 2 {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", cmd.Process.Pid, cmd.Process.Pid))
+		kids := strings.Fields(string(b))
+		// Wait until both children have exec'd sleep: between fork and
+		// exec they are still called sh.
+		execd := len(kids) == 2
+		for _, k := range kids {
+			comm, _ := os.ReadFile("/proc/" + k + "/comm")
+			execd = execd && strings.TrimSpace(string(comm)) == "sleep"
+		}
+		if execd {
 			kills = killChildren(cmd.Process.Pid, "test")
 		}
 	}
