@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 
@@ -50,8 +51,13 @@ type Options struct {
 	// the fds the store handed back, by name. New maps the state memfds
 	// (InodesFDName, HandlesFDName, journal.FDName) and restores the
 	// session; inodes and handles are loaded on first use. The FS owns
-	// every fd in the map (those never used are closed by Close).
+	// every fd in the map (those never used are closed by Close). A map
+	// without all three state memfds (a predecessor killed before it stored
+	// them had served nothing) starts afresh, with a warning: the stale fds
+	// are closed and their names removed from the store.
 	Resume map[string]int
+	// Logger gets warnings (default slog.Default()).
+	Logger *slog.Logger
 }
 
 // Timeouts and open flags per cache mode.
@@ -182,6 +188,9 @@ func New(o Options) (*FS, error) {
 	}
 	if o.QueueSize <= 0 {
 		o.QueueSize = 1024
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
 	}
 	fs := &FS{opts: o, policy: pol, procfd: -1, mountfd: -1, byKey: make(map[maptable.Key]*inode),
 		euid: uint32(unix.Geteuid()), egid: uint32(unix.Getegid()), store: o.FDStore,

@@ -3,6 +3,7 @@ package passthrough
 import (
 	"bytes"
 	"fmt"
+	"log/slog"
 	"os"
 	"sort"
 	"strconv"
@@ -845,15 +846,123 @@ func TestResumeRefuses(t *testing.T) {
 		t.Error("resumed on another shared directory")
 	}
 	fds = r.store.handBack(t)
-	unix.Close(fds[journal.FDName])
-	delete(fds, journal.FDName)
-	if _, err := New(Options{Root: r.dir, Resume: fds}); err == nil {
-		t.Error("resumed without a journal")
-	}
-	fds = r.store.handBack(t)
 	fds[InodesFDName], fds[HandlesFDName] = fds[HandlesFDName], fds[InodesFDName]
 	if _, err := New(Options{Root: r.dir, Resume: fds}); err == nil {
 		t.Error("resumed with the maps swapped")
+	}
+}
+
+// fdIno is the inode number of fd's file (memfds: one per memfd).
+func fdIno(t testing.TB, fd int) uint64 {
+	t.Helper()
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Ino
+}
+
+// wantStateStored checks that the store holds exactly one fd per state
+// name, each the memfd fs uses.
+func wantStateStored(t *testing.T, s *fakeStore, fs *FS) {
+	t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for name, fd := range map[string]int{InodesFDName: fs.inodes.FD(), HandlesFDName: fs.handles.FD(), journal.FDName: fs.journal.FD()} {
+		got := s.fds[name]
+		if len(got) != 1 {
+			t.Errorf("store holds %d fds named %s, want 1", len(got), name)
+			continue
+		}
+		if fdIno(t, got[0]) != fdIno(t, fd) {
+			t.Errorf("store's %s is not the memfd the FS uses", name)
+		}
+	}
+}
+
+// TestFreshStartReplacesState: a worker that starts afresh while a
+// predecessor's state memfds are still stored replaces them (one fd per
+// name, the new one), so that the next restart resumes the new state.
+func TestFreshStartReplacesState(t *testing.T) {
+	r := newRig(t)
+	os.WriteFile(r.c.path("f"), []byte("x"), 0o644)
+	r.mustLookup("f")
+	abandon(r.c.fs)
+	fs, err := New(Options{Root: r.dir, FDStore: r.store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fs.Close()
+	wantStateStored(t, r.store, fs)
+	// The next worker resumes the new (empty) state: one record, the root.
+	fs2, err := New(Options{Root: r.dir, FDStore: r.store, Resume: r.store.handBack(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fs2.Close()
+	if n := fs2.inodes.Len(); n != 1 {
+		t.Errorf("resumed %d inode records, want the new state's 1", n)
+	}
+}
+
+// TestResumePartialState: resume with the FS's state memfds absent or only
+// partly stored (a crash between the worker's stores and storeState) starts
+// afresh instead of failing, drops the stale fds and their names, stores a
+// complete state and serves.
+func TestResumePartialState(t *testing.T) {
+	for _, missing := range [][]string{
+		{InodesFDName, HandlesFDName, journal.FDName},
+		{journal.FDName},
+		{HandlesFDName, journal.FDName},
+		{InodesFDName},
+	} {
+		t.Run(strings.Join(missing, "+"), func(t *testing.T) {
+			r := newRig(t)
+			os.WriteFile(r.c.path("f"), []byte("x"), 0o644)
+			f := r.mustLookup("f")
+			r.c.open(f.NodeID, unix.O_RDONLY) // a stale "fh.<id>"
+			abandon(r.c.fs)
+			for _, name := range missing {
+				r.store.Remove(name)
+			}
+			other, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r.store.Store("other.name", other) // not the FS's: kept in the store
+			unix.Close(other)
+			fds := r.store.handBack(t)
+			inos := map[int]uint64{}
+			for _, fd := range fds {
+				inos[fd] = fdIno(t, fd)
+			}
+			var logged bytes.Buffer
+			c := openTFS(t, Options{Root: r.dir, FDStore: r.store, Resume: fds,
+				Logger: slog.New(slog.NewTextHandler(&logged, nil))}, true)
+			fs := c.fs
+			if fs.lazy {
+				t.Error("resumed from partial state")
+			}
+			if !strings.Contains(logged.String(), "level=WARN") {
+				t.Errorf("no warning logged: %q", logged.String())
+			}
+			wantStateStored(t, r.store, fs)
+			if got := r.store.names("fh."); len(got) != 0 {
+				t.Errorf("stale handle fds still stored: %v", got)
+			}
+			if got := r.store.names("other."); len(got) != 1 {
+				t.Errorf("a name that is not the FS's was removed")
+			}
+			for name, fd := range fds {
+				var st unix.Stat_t
+				if unix.Fstat(fd, &st) == nil && st.Ino == inos[fd] {
+					t.Errorf("handed-back fd %d (%s) left open", fd, name)
+				}
+			}
+			if e, _ := c.call(fuse.OpGetattr, fuse.RootID, b(fuse.GetattrIn{})); e != 0 {
+				t.Errorf("GETATTR after a fresh start: %v", e)
+			}
+		})
 	}
 }
 

@@ -4,7 +4,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
+	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -300,8 +302,59 @@ func decodeSession(b []byte) (fuse.Session, bool) {
 	return s, true
 }
 
+// stateNames are the fd store names of the FS's state memfds.
+var stateNames = [...]string{InodesFDName, HandlesFDName, journal.FDName}
+
+// ownName reports whether name is one the FS stores.
+func ownName(name string) bool {
+	for _, p := range [...]string{"fh.", "ino.", "lk."} {
+		if strings.HasPrefix(name, p) {
+			return true
+		}
+	}
+	return slices.Contains(stateNames[:], name)
+}
+
+// dropStale starts afresh from a resume map that lacks some of the state
+// memfds: a predecessor killed between the worker's stores and the FS's
+// (storeState) never served a request, so nothing is lost. Every fd is
+// closed and the FS's names are removed from the store (a stale "fh.<id>"
+// must not shadow a new handle's fd after the next restart).
+func (fs *FS) dropStale(o *Options, missing []string) {
+	var names []string
+	for name, fd := range o.Resume {
+		unix.Close(fd)
+		if ownName(name) {
+			names = append(names, name)
+		}
+	}
+	slices.Sort(names)
+	if fs.store != nil {
+		for _, name := range names {
+			if !slices.Contains(stateNames[:], name) { // storeState replaces those
+				fs.store.Remove(name)
+			}
+		}
+	}
+	o.Logger.Warn("passthrough: resume without this filesystem's state; starting afresh (the previous worker died before it served a request)",
+		"missing", missing, "dropped", names)
+	o.Resume = nil
+	fs.opts.Resume = nil
+}
+
 // openState creates (fresh) or maps (resume) the state memfds.
 func (fs *FS) openState(o *Options) error {
+	if o.Resume != nil {
+		var missing []string
+		for _, name := range stateNames {
+			if _, ok := o.Resume[name]; !ok {
+				missing = append(missing, name)
+			}
+		}
+		if missing != nil {
+			fs.dropStale(o, missing)
+		}
+	}
 	if o.Resume == nil {
 		var err error
 		if fs.inodes, err = maptable.Create("vfsd-inodes", o.MaxInodes, fs.irec); err != nil {
@@ -362,13 +415,18 @@ func (fs *FS) openState(o *Options) error {
 	return nil
 }
 
-// storeState hands the new state memfds to the store (fresh start).
+// storeState hands the new state memfds to the store (fresh start). Each
+// name is removed first: a worker that starts afresh while a predecessor's
+// memfds are stored must replace them, never add a second fd of that name
+// (which the next worker could be handed instead of the live one).
 func (fs *FS) storeState() error {
 	if fs.store == nil {
 		return nil
 	}
-	return errors.Join(
-		fs.store.Store(InodesFDName, fs.inodes.FD()),
-		fs.store.Store(HandlesFDName, fs.handles.FD()),
-		fs.store.Store(journal.FDName, fs.journal.FD()))
+	var errs []error
+	for i, fd := range [...]int{fs.inodes.FD(), fs.handles.FD(), fs.journal.FD()} {
+		fs.store.Remove(stateNames[i]) // removing an absent name is a no-op
+		errs = append(errs, fs.store.Store(stateNames[i], fd))
+	}
+	return errors.Join(errs...)
 }
