@@ -14,6 +14,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -66,9 +67,17 @@ func main() {
 		Steps:     []string{"demo"},
 		WorkDir:   *work,
 		Timeout:   *timeout,
-		Console:   &prefixed{w: os.Stdout, prefix: "  guest | "},
 	}
-	argv, _ := cfg.DaemonCommand(filepath.Join(*work, "vhost-user-fs.sock"))
+	socket := filepath.Join(*work, "vhost-user-fs.sock")
+	console := &prefixed{w: os.Stdout, prefix: "  guest | "}
+	cfg.Console = console
+	var k *killer
+	if *daemon == guest.DaemonVfsd {
+		// vfsd's control socket is the vhost-user socket's path + ".ctl".
+		k = &killer{control: socket + ".ctl", out: console}
+		console.onLine = k.line
+	}
+	argv, _ := cfg.DaemonCommand(socket)
 	banner("vfsd demo")
 	fmt.Printf("daemon:    %s\n", strings.Join(argv, " "))
 	fmt.Printf("guest:     QEMU (TCG, q35, vhost-user-fs-pci tag %q), Debian kernel, busybox initramfs\n", "vfsd")
@@ -101,11 +110,21 @@ func main() {
 	if err := checkMD5(out, "random.bin"); err != nil {
 		fatal(err)
 	}
+	if k != nil {
+		if err := k.report(res); err != nil {
+			fatal(err)
+		}
+	}
 
 	banner("done")
 	fmt.Printf("The guest booted, mounted the host directory over virtio-fs (%s), read the host's files,\n", *daemon)
-	fmt.Printf("wrote new ones, ran fio with crc32c verification, unmounted and powered off in %v.\n\n",
+	fmt.Printf("wrote new ones, ran fio with crc32c verification, unmounted and powered off in %v.\n",
 		time.Since(start).Round(time.Second))
+	if k != nil {
+		fmt.Printf("Its vfsd worker was SIGKILLed %d time(s) while fio ran; the supervisor kept QEMU's connection\n", len(k.kills))
+		fmt.Printf("and started a new worker that replayed the in-flight requests, and the guest did not notice.\n")
+	}
+	fmt.Println()
 	fmt.Printf("Look at:\n")
 	fmt.Printf("  %-40s the files the guest wrote (random.bin checked against its md5 on the host)\n", out)
 	fmt.Printf("  %-40s the guest's serial console, step by step\n", res.SerialLog)
@@ -176,14 +195,30 @@ func banner(s string) {
 	fmt.Printf("\n==== %s %s\n", s, strings.Repeat("=", max(0, 70-len(s))))
 }
 
+// prefixed writes the guest's console lines (tools/guest writes one line per
+// Write) with a prefix, and hands each line to onLine. The host side's own
+// lines go through hostf so that they do not interleave mid-line.
 type prefixed struct {
+	mu     sync.Mutex
 	w      io.Writer
 	prefix string
+	onLine func(string)
 }
 
 func (p *prefixed) Write(b []byte) (int, error) {
+	p.mu.Lock()
 	_, err := fmt.Fprintf(p.w, "%s%s", p.prefix, b)
+	p.mu.Unlock()
+	if p.onLine != nil {
+		p.onLine(strings.TrimRight(string(b), "\r\n"))
+	}
 	return len(b), err
+}
+
+func (p *prefixed) hostf(format string, args ...any) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	fmt.Fprintf(p.w, "  host  | "+format+"\n", args...)
 }
 
 func fatal(err error) {
