@@ -50,7 +50,7 @@ type killer struct {
 	started bool
 	kills   []int // killed worker pids
 	errs    []string
-	after   *ctlStatus // status once the fio step ended
+	after   *ctlStatus    // status once the fio step ended
 	done    chan struct{} // closed when the kills are over
 	afterOK chan struct{} // closed when after (or an error) is recorded
 }
