@@ -129,13 +129,13 @@ type FS struct {
 
 	imu sync.RWMutex
 	// +checklocks:imu
-	islots []*inode // by maptable slot; root is not here (nodeid 1)
+	islots slotTable[inode] // by maptable slot; root is not here (nodeid 1)
 	// +checklocks:imu
 	byKey map[maptable.Key]*inode
 
 	hmu sync.RWMutex
 	// +checklocks:hmu
-	hslots []*handle
+	hslots slotTable[handle]
 
 	smu sync.Mutex
 	// +checklocks:smu
@@ -228,6 +228,10 @@ func New(o Options) (*FS, error) {
 	if err := fs.openState(&o); err != nil {
 		return fail("state", err)
 	}
+	// Directories of the slot tables (16 KiB for 1<<20 inode slots), here
+	// rather than on a queue thread's first request.
+	fs.islots.init(fs.inodes.Cap()/9*10 + slotPage)
+	fs.hslots.init(fs.handles.Cap()/9*10 + slotPage)
 	if fs.lazy {
 		// The root record must be the one this shared directory had.
 		id, ok := fs.inodes.Lookup(fs.root.key)
@@ -288,20 +292,12 @@ func (fs *FS) Close() error {
 	fs.locks.cancelAll()
 	fs.dropAllLocks(false) // the store's copies keep the locks for a successor
 	fs.hmu.Lock()
-	for i, h := range fs.hslots {
-		if h != nil {
-			fs.hslots[i] = nil
-			h.kill()
-		}
-	}
+	fs.hslots.each(func(_ uint32, h *handle) { h.kill() })
+	fs.hslots.reset()
 	fs.hmu.Unlock()
 	fs.imu.Lock()
-	for i, in := range fs.islots {
-		if in != nil {
-			fs.islots[i] = nil
-			in.kill()
-		}
-	}
+	fs.islots.each(func(_ uint32, in *inode) { in.kill() })
+	fs.islots.reset()
 	clear(fs.byKey)
 	fs.imu.Unlock()
 	var errs []error
@@ -533,16 +529,14 @@ func (fs *FS) opDestroy(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {
 	// of shared memory for the whole capacity) runs only when records
 	// remain that were never loaded since a restart.
 	fs.hmu.Lock()
-	for i, h := range fs.hslots {
-		if h != nil {
-			fs.hslots[i] = nil
-			fs.handles.Delete(h.id)
-			if fs.store != nil {
-				fs.store.Remove(fhName(uint64(h.id)))
-			}
-			h.kill()
+	fs.hslots.each(func(_ uint32, h *handle) {
+		fs.handles.Delete(h.id)
+		if fs.store != nil {
+			fs.store.Remove(fhName(uint64(h.id)))
 		}
-	}
+		h.kill()
+	})
+	fs.hslots.reset()
 	var ids []maptable.ID
 	if fs.lazy && fs.handles.Len() > 0 {
 		fs.handles.Range(func(id maptable.ID, _ maptable.Key, _ []byte) bool {
@@ -558,16 +552,14 @@ func (fs *FS) opDestroy(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {
 	}
 	fs.hmu.Unlock()
 	fs.imu.Lock()
-	for i, in := range fs.islots {
-		if in != nil {
-			fs.islots[i] = nil
-			fs.inodes.Delete(in.tid)
-			if in.flags&recKept != 0 && fs.store != nil {
-				fs.store.Remove(inoName(uint64(in.tid)))
-			}
-			in.kill()
+	fs.islots.each(func(_ uint32, in *inode) {
+		fs.inodes.Delete(in.tid)
+		if in.flags&recKept != 0 && fs.store != nil {
+			fs.store.Remove(inoName(uint64(in.tid)))
 		}
-	}
+		in.kill()
+	})
+	fs.islots.reset()
 	clear(fs.byKey)
 	fs.byKey[fs.root.key] = fs.root
 	ids = ids[:0]

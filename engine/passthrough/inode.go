@@ -147,12 +147,10 @@ func (fs *FS) getInode(nodeid uint64) (*inode, unix.Errno) {
 	}
 	slot := uint32(nodeid)
 	fs.imu.RLock()
-	if int(slot) < len(fs.islots) {
-		if in := fs.islots[slot]; in != nil && uint64(in.tid) == nodeid {
-			in.pins.Add(1)
-			fs.imu.RUnlock()
-			return in, 0
-		}
+	if in := fs.islots.get(slot); in != nil && uint64(in.tid) == nodeid {
+		in.pins.Add(1)
+		fs.imu.RUnlock()
+		return in, 0
 	}
 	fs.imu.RUnlock()
 	if !fs.lazy || nodeid>>32 == 0 {
@@ -289,11 +287,7 @@ func (fs *FS) adopt(x *txn, fd int, st *unix.Statx_t) (uint64, unix.Errno) {
 // installLocked makes in reachable by nodeid and key.
 // Precondition: fs.imu held for writing.
 func (fs *FS) installLocked(in *inode) {
-	slot := int(in.tid.Slot())
-	if slot >= len(fs.islots) {
-		fs.islots = append(fs.islots, make([]*inode, slot+1-len(fs.islots)+len(fs.islots)/2)...)
-	}
-	fs.islots[slot] = in
+	fs.islots.set(in.tid.Slot(), in)
 	fs.byKey[in.key] = in
 }
 
@@ -314,10 +308,8 @@ func (fs *FS) forget(x *txn, nodeid, n uint64, index uint32) {
 	slot := uint32(nodeid)
 	fs.imu.Lock()
 	var in *inode
-	if int(slot) < len(fs.islots) {
-		if c := fs.islots[slot]; c != nil && uint64(c.tid) == nodeid {
-			in = c
-		}
+	if c := fs.islots.get(slot); c != nil && uint64(c.tid) == nodeid {
+		in = c
 	}
 	if in == nil && fs.lazy {
 		in, _ = fs.materializeLocked(maptable.ID(nodeid), -1)
@@ -350,8 +342,8 @@ func (fs *FS) forget(x *txn, nodeid, n uint64, index uint32) {
 		crash(cpMaptable)
 		return
 	}
-	if int(slot) < len(fs.islots) && fs.islots[slot] == in {
-		fs.islots[slot] = nil
+	if fs.islots.get(slot) == in {
+		fs.islots.clear(slot)
 		delete(fs.byKey, in.key)
 	}
 	fs.inodes.Delete(in.tid)
@@ -555,11 +547,7 @@ func (fs *FS) newHandle(k maptable.Key, fd int, nodeid uint64, flags int, dir bo
 // installHandleLocked makes h reachable by its fh.
 // Precondition: fs.hmu held for writing.
 func (fs *FS) installHandleLocked(h *handle) {
-	slot := int(h.id.Slot())
-	if slot >= len(fs.hslots) {
-		fs.hslots = append(fs.hslots, make([]*handle, slot+1-len(fs.hslots)+len(fs.hslots)/2)...)
-	}
-	fs.hslots[slot] = h
+	fs.hslots.set(h.id.Slot(), h)
 }
 
 // getHandle pins the handle fh names; EBADF when there is none. After a
@@ -567,12 +555,10 @@ func (fs *FS) installHandleLocked(h *handle) {
 func (fs *FS) getHandle(fh uint64) (*handle, unix.Errno) {
 	slot := uint32(fh)
 	fs.hmu.RLock()
-	if int(slot) < len(fs.hslots) {
-		if h := fs.hslots[slot]; h != nil && uint64(h.id) == fh {
-			h.pins.Add(1)
-			fs.hmu.RUnlock()
-			return h, 0
-		}
+	if h := fs.hslots.get(slot); h != nil && uint64(h.id) == fh {
+		h.pins.Add(1)
+		fs.hmu.RUnlock()
+		return h, 0
 	}
 	fs.hmu.RUnlock()
 	if !fs.lazy || fh>>32 == 0 {
@@ -605,8 +591,8 @@ func (fs *FS) removeHandle(fh uint64) (*handle, unix.Errno) {
 	h.unpin()
 	slot := uint32(fh)
 	fs.hmu.Lock()
-	if int(slot) < len(fs.hslots) && fs.hslots[slot] == h {
-		fs.hslots[slot] = nil
+	if fs.hslots.get(slot) == h {
+		fs.hslots.clear(slot)
 		fs.handles.Delete(h.id)
 		h.pins.Add(1)
 		h.dead.Store(true)

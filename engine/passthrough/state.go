@@ -178,10 +178,8 @@ func (fs *FS) recordOnlyLocked(id maptable.ID) *inode {
 // fd's inode must match the record's key (else ESTALE).
 // Precondition: fs.imu held for writing.
 func (fs *FS) materializeLocked(id maptable.ID, fd int) (*inode, unix.Errno) {
-	if int(id.Slot()) < len(fs.islots) {
-		if in := fs.islots[id.Slot()]; in != nil && in.tid == id {
-			return in, 0
-		}
+	if in := fs.islots.get(id.Slot()); in != nil && in.tid == id {
+		return in, 0
 	}
 	rec := make([]byte, fs.irec)
 	if err := fs.inodes.Get(id, rec); err != nil {
@@ -240,10 +238,8 @@ func (fs *FS) materializeLocked(id maptable.ID, fd int) (*inode, unix.Errno) {
 // the fd is missing or they disagree.
 // Precondition: fs.hmu held for writing.
 func (fs *FS) materializeHandleLocked(id maptable.ID) (*handle, unix.Errno) {
-	if int(id.Slot()) < len(fs.hslots) {
-		if h := fs.hslots[id.Slot()]; h != nil && h.id == id {
-			return h, 0
-		}
+	if h := fs.hslots.get(id.Slot()); h != nil && h.id == id {
+		return h, 0
 	}
 	var rec [handleRecSize]byte
 	if fs.handles.Get(id, rec[:]) != nil {

@@ -1,0 +1,92 @@
+package passthrough
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"testing"
+
+	"vfsd/engine/fuse"
+)
+
+func TestSlotTable(t *testing.T) {
+	var st slotTable[int]
+	st.init(1000)
+	vals := map[uint32]*int{}
+	for _, s := range []uint32{0, 1, 511, 512, 999, 1 << 20, 1<<30 - 1} {
+		v := new(int)
+		*v = int(s)
+		st.set(s, v)
+		vals[s] = v
+	}
+	if st.len() != len(vals) {
+		t.Fatalf("len %d, want %d", st.len(), len(vals))
+	}
+	for s, v := range vals {
+		if st.get(s) != v {
+			t.Errorf("get(%d) = %p, want %p", s, st.get(s), v)
+		}
+	}
+	for _, s := range []uint32{2, 510, 513, 1000, 1<<20 + 1, 1<<32 - 1} {
+		if st.get(s) != nil {
+			t.Errorf("get(%d) of an empty slot: %v", s, *st.get(s))
+		}
+	}
+	if len(st.pages) > (1<<30)/slotPage {
+		t.Errorf("directory of %d pages", len(st.pages))
+	}
+	var seen []uint32
+	st.each(func(s uint32, v *int) {
+		if uint32(*v) != s {
+			t.Errorf("each: slot %d holds %d", s, *v)
+		}
+		seen = append(seen, s)
+		st.clear(s)
+	})
+	if fmt.Sprint(seen) != "[0 1 511 512 999 1048576 1073741823]" {
+		t.Errorf("each visited %v", seen)
+	}
+	if st.len() != 0 || st.get(512) != nil {
+		t.Errorf("after clearing: len %d", st.len())
+	}
+	st.set(3, vals[0])
+	st.set(3, vals[1]) // replace: still one
+	if st.len() != 1 {
+		t.Errorf("len %d after a replace", st.len())
+	}
+	st.reset()
+	if st.len() != 0 || st.get(3) != nil {
+		t.Error("reset left entries")
+	}
+}
+
+// TestFirstRequestAfterResumeSmall: the first request after a restart that
+// loads an inode at a high slot allocates little (the slot table is sparse:
+// a flat slice grown to the slot cost 8 bytes per slot below it).
+func TestFirstRequestAfterResumeSmall(t *testing.T) {
+	r := newRig(t)
+	abandon(r.c.fs)
+	r.c = openTFS(t, Options{Root: r.dir, FDStore: r.store, MaxInodes: 1 << 20}, true)
+	var hi uint64
+	for i := range 16 {
+		n := fmt.Sprint("f", i)
+		os.WriteFile(filepath.Join(r.dir, n), nil, 0o644)
+		if e := r.mustLookup(n); uint32(e.NodeID) >= uint32(hi) {
+			hi = e.NodeID
+		}
+	}
+	abandon(r.c.fs)
+	c := openTFS(t, Options{Root: r.dir, FDStore: r.store, MaxInodes: 1 << 20, Resume: r.store.handBack(t)}, false)
+	getattr := b(fuse.GetattrIn{})
+	var m0, m1 runtime.MemStats
+	runtime.ReadMemStats(&m0)
+	e, _ := c.call(fuse.OpGetattr, hi, getattr)
+	runtime.ReadMemStats(&m1)
+	if e != 0 {
+		t.Fatal(e)
+	}
+	if n := m1.TotalAlloc - m0.TotalAlloc; n > 256<<10 {
+		t.Errorf("first GETATTR after resume (inode at slot %d) allocated %d bytes", uint32(hi), n)
+	}
+}
