@@ -46,7 +46,13 @@ import (
 // non-blocking form with growing sleeps until it succeeds, the guest
 // INTERRUPTs that request, the handle or the owner's lock fd goes away,
 // DESTROY ends the session, or CancelWaits (frontend disconnect) ends every
-// wait.
+// wait. It also ends, with EINTR, after lockWaitSlice without the lock:
+// Linux's virtiofs driver never sends INTERRUPT, so a guest process killed
+// while it waits in F_SETLKW would otherwise stay in D state until the lock
+// is freed — forever when the holder is its own parent waiting for it to
+// exit (stress-ng --lockf does exactly that at its timeout). EINTR is what
+// F_SETLKW answers when a signal arrives; callers that want the lock retry,
+// callers that were killed can finally exit.
 
 // plock is the open file description of one (inode, owner): POSIX locks
 // are OFD locks on it. fd is set by the creator before it unlocks ready;
@@ -517,6 +523,7 @@ func (fs *FS) setlk(req *fuse.Request, rep *fuse.Reply, arg []byte, wait bool) {
 	}
 	defer fs.locks.remove(req.Unique, ch)
 	delay := lockRetryMin
+	deadline := time.Now().Add(lockWaitSlice)
 	t := time.NewTimer(delay)
 	defer t.Stop()
 	for {
@@ -547,10 +554,18 @@ func (fs *FS) setlk(req *fuse.Request, rep *fuse.Reply, arg []byte, wait bool) {
 			rep.Error(errno(err))
 			return
 		}
+		if time.Now().After(deadline) {
+			rep.Error(unix.EINTR)
+			return
+		}
 		delay = min(2*delay, lockRetryMax)
 		t.Reset(delay)
 	}
 }
+
+// lockWaitSlice bounds one SETLKW wait (see the package comment); a
+// variable so tests can shorten it.
+var lockWaitSlice = 10 * time.Second
 
 func contended(err error) bool {
 	return err == unix.EAGAIN || err == unix.EACCES

@@ -252,3 +252,38 @@ func blockingCall(t *testing.T, fs *FS, op uint32, unique, nodeid uint64, arg []
 	}()
 	return done
 }
+
+// TestSetlkwWaitSlice: a SETLKW that does not get its lock within
+// lockWaitSlice answers EINTR (the guest cannot INTERRUPT it), and one
+// that does gets it.
+func TestSetlkwWaitSlice(t *testing.T) {
+	old := lockWaitSlice
+	lockWaitSlice = 200 * time.Millisecond
+	defer func() { lockWaitSlice = old }()
+	c := newTFS(t, Options{})
+	os.WriteFile(c.path("f"), nil, 0o644)
+	f := c.mustLookup(fuse.RootID, "f")
+	fh := c.open(f.NodeID, unix.O_RDWR)
+	wantErr(t, "A write", c.setlk(f.NodeID, fh, 1, unix.F_WRLCK, 0, fuse.OffsetMax), 0)
+	lk := fuse.LkIn{Fh: fh, Owner: 2, Lk: fuse.FileLock{End: fuse.OffsetMax, Type: unix.F_WRLCK}}
+	start := time.Now()
+	select {
+	case e := <-blockingCall(t, c.fs, fuse.OpSetlkw, 7100, f.NodeID, fuse.Bytes(&lk)):
+		wantErr(t, "SETLKW past the slice", e, unix.EINTR)
+		if d := time.Since(start); d < 150*time.Millisecond {
+			t.Errorf("SETLKW gave up after %v, before the slice", d)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("SETLKW still waits long after the slice")
+	}
+	// Freed within the slice: granted.
+	d := blockingCall(t, c.fs, fuse.OpSetlkw, 7101, f.NodeID, fuse.Bytes(&lk))
+	time.Sleep(50 * time.Millisecond)
+	wantErr(t, "A unlock", c.setlk(f.NodeID, fh, 1, unix.F_UNLCK, 0, fuse.OffsetMax), 0)
+	select {
+	case e := <-d:
+		wantErr(t, "SETLKW after the unlock", e, 0)
+	case <-time.After(5 * time.Second):
+		t.Fatal("SETLKW not granted after the unlock")
+	}
+}
