@@ -37,6 +37,19 @@ type Status struct {
 	Upgrades      int64   `json:"upgrades"`
 	StoredFDs     int     `json:"stored_fds"`
 	LastStallMS   float64 `json:"last_stall_ms"` // last restart/upgrade: worker stop to first replayed ack
+	// Queues: vrings the frontend started (the supervisor's session record).
+	Queues int `json:"queues"`
+	// Requests: answered by every worker of the session, counted by the
+	// workers in a memfd kept in the fd store (survives worker crashes).
+	Requests Requests `json:"requests"`
+}
+
+// Requests is the request count in Status: total and per ring (index 0 is
+// the hiprio queue, then the request queues; empty before the first worker
+// stored its counters).
+type Requests struct {
+	Total    uint64   `json:"total"`
+	PerQueue []uint64 `json:"per_queue"`
 }
 
 type control struct {
@@ -130,6 +143,11 @@ func (c *control) answer(cmd string) string {
 			st.Restarts, st.Crashes, st.Upgrades = x.Restarts, x.Crashes, x.Upgrades
 			st.StoredFDs = x.StoredFDs
 			st.LastStallMS = float64(x.LastStall) / float64(time.Millisecond)
+			st.Queues = x.Queues
+			st.Requests = Requests{Total: x.Requests, PerQueue: x.RequestsPerQueue}
+		}
+		if st.Requests.PerQueue == nil {
+			st.Requests.PerQueue = []uint64{}
 		}
 		b, _ := json.Marshal(st)
 		return string(b)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -14,6 +15,9 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"vfsd/tools/frontend"
+	"vfsd/tools/fuseclient"
 )
 
 // TestMain lets the test binary stand in for vfsd when the supervisor
@@ -210,5 +214,96 @@ func TestWorkerSeccomp(t *testing.T) {
 				t.Fatal("still running after the frontend disconnected")
 			}
 		})
+	}
+}
+
+// vfsd status shows the started queues and the requests answered, per
+// queue, counted across a worker crash (the counters live in a memfd in
+// the fd store, engine/metrics.Shared).
+func TestStatusQueuesRequests(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "vfsd.sock")
+	errb := &syncBuf{}
+	done := make(chan int, 1)
+	go func() {
+		done <- run([]string{"--socket-path=" + sock, "--shared-dir=" + dir, "--log-level=error"}, &bytes.Buffer{}, errb)
+	}()
+	fe, err := frontend.Dial(sock, frontend.Options{Mem: frontend.MemOptions{Size: 16 << 20}, DialTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatalf("dial: %v\n%s", err, errb.String())
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c := fuseclient.New(fe, fuseclient.Options{})
+	if _, err := c.Init(ctx, 0); err != nil {
+		t.Fatalf("INIT: %v", err)
+	}
+	status := func() Status {
+		t.Helper()
+		var out, serr bytes.Buffer
+		if code := run([]string{"status", "--socket-path=" + sock}, &out, &serr); code != 0 {
+			t.Fatalf("vfsd status: exit %d: %s", code, serr.String())
+		}
+		var st Status
+		if err := json.Unmarshal(out.Bytes(), &st); err != nil {
+			t.Fatalf("status %q: %v", out.String(), err)
+		}
+		return st
+	}
+	getattrs := func(n int) {
+		t.Helper()
+		for range n {
+			if _, err := c.Getattr(ctx, 1, nil); err != nil {
+				t.Fatalf("GETATTR: %v", err)
+			}
+		}
+	}
+	// The count is taken when the answer is sent: wait for it.
+	waitTotal := func(want uint64) Status {
+		t.Helper()
+		var st Status
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+			if st = status(); st.Requests.Total >= want || time.Now().After(deadline) {
+				break
+			}
+		}
+		if st.Requests.Total != want {
+			t.Fatalf("requests %+v, want total %d\n%s", st.Requests, want, errb.String())
+		}
+		return st
+	}
+	getattrs(9)
+	st := waitTotal(10) // INIT + 9 GETATTR, all on request queue 1
+	if st.Queues != fe.NumQueues() || st.Queues != 2 {
+		t.Fatalf("queues %d, want %d (hiprio + 1 request queue)", st.Queues, fe.NumQueues())
+	}
+	if fmt.Sprint(st.Requests.PerQueue) != "[0 10]" {
+		t.Fatalf("per queue %v, want [0 10]", st.Requests.PerQueue)
+	}
+	old := st.WorkerPID
+	if err := unix.Kill(old, unix.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if st = status(); st.Restarts == 1 && st.WorkerPID != old && st.WorkerPID != 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no restart after SIGKILL: %+v\n%s", st, errb.String())
+		}
+	}
+	getattrs(5)
+	st = waitTotal(15) // the new worker counts on
+	if st.Queues != 2 || fmt.Sprint(st.Requests.PerQueue) != "[0 15]" {
+		t.Fatalf("after a crash: queues %d, per queue %v, want 2 and [0 15]", st.Queues, st.Requests.PerQueue)
+	}
+	fe.Close()
+	select {
+	case code := <-done:
+		if code != 0 {
+			t.Fatalf("exit %d: %s", code, errb.String())
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("still running after the frontend disconnected")
 	}
 }

@@ -41,12 +41,21 @@ type Queue struct {
 	batches  [len(BatchBuckets) + 1]atomic.Uint64
 	batchSum atomic.Uint64
 	inflight atomic.Int64
+
+	shared    *atomic.Uint64 // the ring's counter in a Shared memfd, or nil
+	countOnly bool           // record nothing but shared (NewCounting)
 }
 
 // Request records one answered request: its opcode, whether the answer was
 // an error, and how long it took from decode to answer.
 func (q *Queue) Request(opcode uint32, failed bool, d time.Duration) {
 	if q == nil {
+		return
+	}
+	if q.shared != nil {
+		q.shared.Add(1)
+	}
+	if q.countOnly {
 		return
 	}
 	if opcode >= NumOpcodes {
@@ -70,7 +79,7 @@ func (q *Queue) Request(opcode uint32, failed bool, d time.Duration) {
 
 // Batch records the number of chains served in one wake-up (n > 0).
 func (q *Queue) Batch(n int) {
-	if q == nil || n <= 0 {
+	if q == nil || n <= 0 || q.countOnly {
 		return
 	}
 	i := 0
@@ -83,7 +92,7 @@ func (q *Queue) Batch(n int) {
 
 // Inflight adds delta to the requests popped and not yet answered.
 func (q *Queue) Inflight(delta int) {
-	if q != nil {
+	if q != nil && !q.countOnly {
 		q.inflight.Add(int64(delta))
 	}
 }
@@ -121,6 +130,25 @@ func New(rings int, opName func(uint32) string) *Registry {
 		r.queues[i] = new(Queue)
 	}
 	return r
+}
+
+// NewCounting returns a registry that only counts requests into shared
+// (see ShareCounts), for a worker that serves no metrics endpoint.
+func NewCounting(shared *Shared) *Registry {
+	r := New(shared.Rings(), nil)
+	for _, q := range r.queues {
+		q.countOnly = true
+	}
+	r.ShareCounts(shared)
+	return r
+}
+
+// ShareCounts makes ring i's Request also count into shared's counter i
+// (rings beyond shared's count nothing there). Call it before serving.
+func (r *Registry) ShareCounts(shared *Shared) {
+	for i, q := range r.queues {
+		q.shared = shared.Counter(i)
+	}
 }
 
 // Queue returns ring i's figures, or nil (records nothing) when i is out of

@@ -272,6 +272,18 @@ func (s *session) applyRequest(m *Msg) {
 	}
 }
 
+// startedRings counts the rings started (SET_VRING_KICK seen, no
+// GET_VRING_BASE since).
+func (s *session) startedRings() int {
+	n := 0
+	for _, v := range s.vrings {
+		if v.started {
+			n++
+		}
+	}
+	return n
+}
+
 // applyReply records what a reply to req tells (and what the frontend now
 // believes). It takes the reply fds it keeps.
 func (s *session) applyReply(req *Msg, rep *Msg) {

@@ -13,7 +13,10 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"vfsd/engine/fdstore"
+	"vfsd/engine/metrics"
 )
 
 // Defaults for Config.
@@ -84,6 +87,15 @@ type Stats struct {
 	Uptime       time.Duration // since Run started
 	WorkerUptime time.Duration // since the current worker started
 	LastStall    time.Duration // last restart/upgrade: stop to first replayed ack
+	// Queues is the number of started vrings (SET_VRING_KICK seen, no
+	// GET_VRING_BASE since), from the session record.
+	Queues int
+	// Requests and RequestsPerQueue are the requests answered by every
+	// worker of the session, from the workers' request counter memfd
+	// (metrics.SharedName in the fd store; counted per ring, hiprio first).
+	// RequestsPerQueue is nil before a worker stored it.
+	Requests         uint64
+	RequestsPerQueue []uint64
 }
 
 // Supervisor keeps one frontend connection across worker deaths.
@@ -109,7 +121,10 @@ type Supervisor struct {
 	cur       *worker
 	startedAt time.Time
 	lastStall time.Duration
+	reqs      *metrics.Shared // read-only map of the workers' request counters
+	reqsIno   uint64          // its inode (a new memfd under the name is mapped anew)
 
+	queues                     atomic.Int32 // s.sess.startedRings(), for Stats
 	restarts, upgrades, deaths atomic.Int64
 	readySent                  atomic.Bool
 }
@@ -238,6 +253,10 @@ func (s *Supervisor) Stats() Stats {
 		Upgrades:  s.upgrades.Load(),
 		StoredFDs: s.store.Len(),
 		LastStall: s.lastStall,
+		Queues:    int(s.queues.Load()),
+	}
+	if r := s.requestCountersLocked(); r != nil {
+		st.Requests, st.RequestsPerQueue = r.Counts()
 	}
 	if !s.startedAt.IsZero() {
 		st.Uptime = time.Since(s.startedAt)
@@ -247,6 +266,37 @@ func (s *Supervisor) Stats() Stats {
 		st.WorkerUptime = time.Since(s.cur.started)
 	}
 	return st
+}
+
+// requestCountersLocked maps the request counter memfd the worker stored
+// (read-only; kept across calls while the store holds the same memfd).
+// The entry's fd is only used right away: the mapping does not need it, and
+// its layout is checked, so a memfd replaced meanwhile is at worst not shown.
+func (s *Supervisor) requestCountersLocked() *metrics.Shared {
+	fd := -1
+	for _, e := range s.store.Entries() {
+		if e.Name == metrics.SharedName {
+			fd = e.FD // the newest
+		}
+	}
+	if fd < 0 {
+		return s.reqs // none (yet, or removed): keep showing the last counts
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return s.reqs
+	}
+	if s.reqs != nil && st.Ino == s.reqsIno {
+		return s.reqs
+	}
+	r, err := metrics.OpenShared(fd, 0, false)
+	if err != nil {
+		s.log.Debug("request counters", "err", err)
+		return s.reqs
+	}
+	s.reqs.Close()
+	s.reqs, s.reqsIno = r, st.Ino
+	return r
 }
 
 func (s *Supervisor) setWorker(w *worker) {
@@ -389,6 +439,7 @@ func (s *Supervisor) relay(ctx context.Context, m *Msg) error {
 			s.log.Debug("write to worker failed", "msg", m.String(), "err", err)
 		}
 		s.sess.applyRequest(m)
+		s.queues.Store(int32(s.sess.startedRings()))
 		return nil
 	}
 	for attempt := 0; ; attempt++ {
@@ -414,6 +465,7 @@ func (s *Supervisor) forwardReply(req, rep *Msg) error {
 	maskReply(rep)
 	err := s.front.WriteMsg(rep)
 	s.sess.applyReply(req, rep)
+	s.queues.Store(int32(s.sess.startedRings()))
 	closeAll(rep.FDs)
 	if err != nil {
 		s.log.Info("frontend write failed", "err", err)
@@ -634,4 +686,9 @@ func (s *Supervisor) shutdown() {
 	s.store.RemoveAll()
 	s.store.Close()
 	s.sess.close()
+	s.queues.Store(0)
+	s.mu.Lock()
+	s.reqs.Close()
+	s.reqs = nil
+	s.mu.Unlock()
 }

@@ -4,10 +4,12 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
 
 	"golang.org/x/sys/unix"
 
 	"vfsd/engine/crashpoint"
+	"vfsd/engine/metrics"
 	"vfsd/vring/inflight"
 )
 
@@ -58,7 +60,8 @@ type state struct {
 	infl  *inflight.Region
 	ifd   int // inflight memfd (owned; infl does not own it after Map)
 
-	stored *storeCounter // the fd store, counted (metrics); set by runSupervised
+	stored *storeCounter   // the fd store, counted (metrics); set by runSupervised
+	reqs   *metrics.Shared // request counters (metrics.SharedName); set by runSupervised
 }
 
 // newMemfd makes a sealed-size memfd of size bytes.
@@ -204,6 +207,10 @@ func (s *state) store(st fdStore) error {
 }
 
 func (s *state) close() {
+	if s.reqs != nil {
+		s.reqs.Close()
+		s.reqs = nil
+	}
 	if s.infl != nil {
 		s.infl.Close()
 		s.infl = nil
@@ -224,4 +231,34 @@ func (s *state) close() {
 type fdStore interface {
 	Store(name string, fds ...int) error
 	Remove(name string) error
+}
+
+// loadRequestCounters maps the request counter memfd a predecessor stored
+// (metrics.SharedName; fd taken, whatever it returns) so that the counts go
+// on across workers, or creates and stores a fresh one when there is none
+// or it does not fit (fd < 0: none). The counters are informational: the
+// caller logs an error and serves without them.
+func loadRequestCounters(fd int, store fdStore, rings int, log *slog.Logger) (*metrics.Shared, error) {
+	if fd >= 0 {
+		sh, err := metrics.OpenShared(fd, rings, true)
+		unix.Close(fd)
+		if err == nil {
+			return sh, nil
+		}
+		log.Warn("request counters from the fd store unusable; starting them afresh", "err", err)
+	}
+	nfd, sh, err := metrics.CreateShared(rings)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(nfd) // the store keeps its own copy
+	if err := store.Remove(metrics.SharedName); err != nil {
+		sh.Close()
+		return nil, fmt.Errorf("fd store: remove %s: %w", metrics.SharedName, err)
+	}
+	if err := store.Store(metrics.SharedName, nfd); err != nil {
+		sh.Close()
+		return nil, fmt.Errorf("fd store: %s: %w", metrics.SharedName, err)
+	}
+	return sh, nil
 }

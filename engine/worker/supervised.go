@@ -9,6 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"vfsd/engine/fdstore"
+	"vfsd/engine/metrics"
 	"vfsd/engine/passthrough"
 	"vfsd/engine/sandbox"
 )
@@ -61,14 +62,25 @@ func runSupervised(ctx context.Context, o Options, log *slog.Logger) error {
 	}
 	rings := 1 + o.RequestQueues
 	counted := newStoreCounter(store, handed) // for metrics
+	reqFD, ok := byName[metrics.SharedName]
+	if !ok {
+		reqFD = -1
+	}
+	delete(byName, metrics.SharedName)
 	st, resume, err := loadState(byName, counted, rings, o.Resume, log)
 	if err != nil {
+		if reqFD >= 0 {
+			unix.Close(reqFD)
+		}
 		closeRest()
 		unix.Close(o.ConnFD)
 		return err
 	}
 	defer st.close()
 	st.stored = counted
+	if st.reqs, err = loadRequestCounters(reqFD, counted, rings, log); err != nil {
+		log.Error("request counters (vfsd status) unavailable", "err", err)
+	}
 	po := passthrough.Options{Root: o.SharedDir, Cache: o.Cache, Xattr: !o.NoXattr,
 		Writeback: o.Writeback, AllowDirectIO: o.AllowDirectIO,
 		Queues: journalQueues(o.RequestQueues), FDStore: counted}

@@ -14,6 +14,7 @@ import (
 	"vfsd/engine/dataplane"
 	"vfsd/engine/fdstore"
 	"vfsd/engine/journal"
+	"vfsd/engine/metrics"
 	"vfsd/engine/passthrough"
 	"vfsd/engine/vhostuser"
 )
@@ -169,7 +170,15 @@ func serve(ctx context.Context, fd int, fs *passthrough.FS, o Options, log *slog
 	}
 	defer c.Close()
 	ob := newObserver(o, 1+o.RequestQueues)
-	dp, err := dataplane.New(dataplane.Options{Handler: fs, PoolSize: o.PoolSize, Logger: log, Metrics: ob.reg})
+	reg := ob.reg
+	if st != nil && st.reqs != nil { // request counts for the supervisor's status
+		if reg != nil {
+			reg.ShareCounts(st.reqs)
+		} else {
+			reg = metrics.NewCounting(st.reqs)
+		}
+	}
+	dp, err := dataplane.New(dataplane.Options{Handler: fs, PoolSize: o.PoolSize, Logger: log, Metrics: reg})
 	if err != nil {
 		return err
 	}
