@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"vfsd/engine/sandbox"
 	"vfsd/engine/supervisor"
 	"vfsd/engine/worker"
 )
@@ -61,7 +62,7 @@ const maxTagLen = 36
 // option is documented in options.go (optionDocs, compatOptions); a test
 // checks that the two agree.
 func parseArgs(args []string) (config, error) {
-	c := config{Options: worker.DefaultOptions(), LogLevel: slog.LevelInfo, RlimitNofile: -1, Sandbox: "none",
+	c := config{Options: worker.DefaultOptions(), LogLevel: slog.LevelInfo, RlimitNofile: -1, Sandbox: string(sandbox.Namespace),
 		MaxRestarts: supervisor.DefaultMaxRestarts, RestartWindow: supervisor.DefaultRestartWindow}
 	fs := newFlagSet(&c)
 	if err := fs.Parse(args); err != nil {

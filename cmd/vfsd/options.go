@@ -88,8 +88,9 @@ var optionDocs = []optionDoc{
 		"--pprof-addr. Off by default.", secLog},
 	{[]string{"sandbox"}, "MODE", "namespace: the supervised worker runs in new mount, pid, net, IPC and UTS " +
 		"namespaces with a root holding only the shared directory (/shared), a read-only /proc and the " +
-		"dynamic loader; none (the default for now): no isolation. chroot is refused. The supervised worker " +
-		"drops capabilities in both modes (engine/sandbox). namespace needs the supervisor.", secIsolate},
+		"dynamic loader (the default; --metrics-addr and --pprof-addr are opened by the supervisor and handed " +
+		"to the worker); none: no isolation (the default with --no-supervisor). chroot is refused. The " +
+		"supervised worker drops capabilities in both modes (engine/sandbox). namespace needs the supervisor.", secIsolate},
 	{[]string{"modcaps"}, "LIST", "Adjust the worker's capabilities: +cap or -cap, colon- or comma-separated " +
 		"(e.g. +sys_admin:-mknod); the default set is chown, dac_override, dac_read_search, fowner, fsetid, " +
 		"setgid, setuid, mknod, setfcap.", secIsolate},

@@ -10,9 +10,13 @@ import (
 
 // Sandbox settings (engine/sandbox): --sandbox and --modcaps.
 
-// sandboxMode is the worker's sandbox: --sandbox when given, else none.
-// (namespace is not the default yet: see engine/sandbox's doc.)
+// sandboxMode is the worker's sandbox: --sandbox when given, else
+// namespace (as virtiofsd), or none with --no-supervisor (namespace needs
+// the supervisor to start the worker in new namespaces).
 func (c *config) sandboxMode() sandbox.Mode {
+	if c.NoSupervisor && !c.sandboxExplicit {
+		return sandbox.None
+	}
 	return sandbox.Mode(c.Sandbox)
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/signal"
 	"sync/atomic"
@@ -12,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"vfsd/engine/fdstore"
 	"vfsd/engine/supervisor"
 	"vfsd/engine/worker"
 )
@@ -40,6 +42,15 @@ func runSupervisor(ctx context.Context, c config, stderr io.Writer, sd sysd) int
 		return fail(err)
 	}
 	defer ctl.close()
+	// --metrics-addr/--pprof-addr: listened on here, once, and handed to
+	// every worker (it may run in its own mount and net namespaces, where
+	// it could not open them).
+	inherit, closeObs, err := c.observerListeners()
+	if err != nil {
+		unix.Close(lfd)
+		return fail(err)
+	}
+	defer closeObs()
 
 	// Under systemd, the fd store is mirrored to PID 1 and fds it handed
 	// back are adopted (engine/fdstore, "Forwarding to systemd"); READY=1
@@ -90,7 +101,7 @@ func runSupervisor(ctx context.Context, c config, stderr io.Writer, sd sysd) int
 		Stdout: errFile, Stderr: errFile,
 		MaxRestarts: c.MaxRestarts, RestartWindow: c.RestartWindow,
 		BackoffMin: min(supervisor.DefaultBackoffMin, c.BackoffMax), BackoffMax: c.BackoffMax,
-		Upstream: upstream, Restored: restored, Logger: log,
+		Upstream: upstream, Restored: restored, Inherit: inherit, Logger: log,
 	})
 	if err != nil {
 		return fail(err)
@@ -119,4 +130,46 @@ func runSupervisor(ctx context.Context, c config, stderr io.Writer, sd sysd) int
 		return fail(err)
 	}
 	return 0
+}
+
+// observerListeners opens the listeners of --metrics-addr and --pprof-addr
+// (one for both when they are the same) for the workers, named
+// worker.MetricsListenerName / worker.PprofListenerName. closeAll closes
+// them (a unix socket's file is removed).
+func (c config) observerListeners() (fds []fdstore.NamedFD, closeAll func(), err error) {
+	var lns []net.Listener
+	closeAll = func() {
+		for _, l := range lns {
+			l.Close()
+		}
+		for _, f := range fds {
+			unix.Close(f.FD)
+		}
+	}
+	for _, e := range []struct{ name, addr string }{
+		{worker.MetricsListenerName, c.MetricsAddr}, {worker.PprofListenerName, c.PprofAddr},
+	} {
+		if e.addr == "" || (e.name == worker.PprofListenerName && e.addr == c.MetricsAddr) {
+			continue
+		}
+		l, err := worker.ListenAddr(e.addr)
+		if err != nil {
+			closeAll()
+			return nil, func() {}, fmt.Errorf("listen on %s: %w", e.addr, err)
+		}
+		lns = append(lns, l)
+		f, err := l.(interface{ File() (*os.File, error) }).File() // a duplicate
+		if err != nil {
+			closeAll()
+			return nil, func() {}, fmt.Errorf("listener %s: %w", e.addr, err)
+		}
+		fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 3)
+		f.Close()
+		if err != nil {
+			closeAll()
+			return nil, func() {}, fmt.Errorf("listener %s: %w", e.addr, err)
+		}
+		fds = append(fds, fdstore.NamedFD{Name: e.name, FD: fd})
+	}
+	return fds, closeAll, nil
 }

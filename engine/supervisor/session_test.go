@@ -2,10 +2,13 @@ package supervisor
 
 import (
 	"encoding/binary"
+	"os"
 	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"vfsd/engine/fdstore"
 )
 
 func testFD(t *testing.T) int {
@@ -130,4 +133,55 @@ func TestSessionReplies(t *testing.T) {
 	if s.expectsReply(&Msg{Req: reqSetVringCall}) {
 		t.Error("SET_VRING_CALL without NEED_REPLY expects a reply")
 	}
+}
+
+// inherit appends the Config.Inherit fds after the stored ones and names
+// them all in LISTEN_FDS/LISTEN_FDNAMES.
+func TestInherit(t *testing.T) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	stored := []*os.File{os.NewFile(uintptr(dupFD(t, int(r.Fd()))), "a")}
+	env := []string{fdstore.EnvListenFDs + "=1", fdstore.EnvListenFDNames + "=state.worker", fdstore.EnvListenChild + "=1"}
+	env, files, err := inherit(env, stored, []fdstore.NamedFD{{Name: "listen.metrics", FD: int(w.Fd())}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}()
+	want := []string{fdstore.EnvListenFDs + "=2", fdstore.EnvListenFDNames + "=state.worker:listen.metrics", fdstore.EnvListenChild + "=1"}
+	if strings.Join(env, " ") != strings.Join(want, " ") || len(files) != 2 {
+		t.Fatalf("env %q, %d files; want %q, 2 files", env, len(files), want)
+	}
+	if int(files[1].Fd()) == int(w.Fd()) {
+		t.Fatal("the inherited fd was not duplicated")
+	}
+	// No stored fds: only the inherited ones.
+	env, files2, err := inherit(nil, nil, []fdstore.NamedFD{{Name: "listen.pprof", FD: int(w.Fd())}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	files2[0].Close()
+	if env[0] != fdstore.EnvListenFDs+"=1" || env[1] != fdstore.EnvListenFDNames+"=listen.pprof" {
+		t.Fatalf("env %q", env)
+	}
+	// Names and files that disagree are refused.
+	if _, _, err := inherit([]string{fdstore.EnvListenFDNames + "=x:y"}, stored[:1], []fdstore.NamedFD{{Name: "z", FD: int(w.Fd())}}); err == nil {
+		t.Fatal("2 names for 1 file accepted")
+	}
+}
+
+func dupFD(t *testing.T, fd int) int {
+	t.Helper()
+	n, err := unix.Dup(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }

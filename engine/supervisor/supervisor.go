@@ -51,6 +51,12 @@ type Config struct {
 	// namespaces of engine/sandbox. It must not change ExtraFiles.
 	PrepareWorker func(*exec.Cmd)
 
+	// Inherit are fds every worker receives after the stored ones, named in
+	// LISTEN_FDNAMES like them but not in the store (e.g. the listeners of
+	// --metrics-addr, opened once by the caller outside any sandbox). They
+	// stay the caller's: each worker gets duplicates.
+	Inherit []fdstore.NamedFD
+
 	// Crash budget: more than MaxRestarts worker deaths within
 	// RestartWindow stop the supervisor.
 	MaxRestarts   int

@@ -61,7 +61,39 @@ next:
 	return out
 }
 
-// spawn starts a worker. Its fds: 3.. the stored fds (LISTEN_FDS), then the
+// inherit adds duplicates of the Config.Inherit fds after the stored fds
+// files and rewrites the LISTEN_FDS environment (fdstore.ChildFiles) to
+// name them all. On error the files are the caller's to close.
+func inherit(env []string, files []*os.File, extra []fdstore.NamedFD) ([]string, []*os.File, error) {
+	if len(extra) == 0 {
+		return env, files, nil
+	}
+	var names []string
+	for _, kv := range env {
+		if v, ok := strings.CutPrefix(kv, fdstore.EnvListenFDNames+"="); ok && v != "" {
+			names = strings.Split(v, ":")
+		}
+	}
+	if len(names) != len(files) {
+		return env, files, fmt.Errorf("worker fds: %d stored fds, %d names", len(files), len(names))
+	}
+	for _, e := range extra {
+		nfd, err := unix.FcntlInt(uintptr(e.FD), unix.F_DUPFD_CLOEXEC, 3)
+		if err != nil {
+			return env, files, fmt.Errorf("worker fds: dup %q: %w", e.Name, err)
+		}
+		files = append(files, os.NewFile(uintptr(nfd), e.Name))
+		names = append(names, e.Name)
+	}
+	return []string{
+		fdstore.EnvListenFDs + "=" + strconv.Itoa(len(files)),
+		fdstore.EnvListenFDNames + "=" + strings.Join(names, ":"),
+		fdstore.EnvListenChild + "=1",
+	}, files, nil
+}
+
+// spawn starts a worker. Its fds: 3.. the stored fds (LISTEN_FDS) and the
+// Config.Inherit fds, then the
 // vhost-user socket (--vhost-fd=N), then the notify socket (VFSD_NOTIFY_FD).
 func (s *Supervisor) spawn(resume bool) (*worker, error) {
 	sp, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
@@ -90,6 +122,10 @@ func (s *Supervisor) spawn(resume bool) (*worker, error) {
 			f.Close()
 		}
 	}()
+	if listenEnv, files, err = inherit(listenEnv, files, s.cfg.Inherit); err != nil {
+		conn.Close()
+		return nil, err
+	}
 	vhostFD := fdstore.ListenFDsStart + len(files)
 	args := append(append([]string(nil), s.cfg.WorkerArgs...), VhostFDArg+"="+strconv.Itoa(vhostFD))
 	cmd := exec.Command(s.path, args...)

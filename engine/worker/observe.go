@@ -53,6 +53,46 @@ func CheckAddr(addr string) error {
 	return nil
 }
 
+// Names under which the supervisor hands a supervised worker the listening
+// sockets of --metrics-addr and --pprof-addr (LISTEN_FDNAMES; not in the fd
+// store). The supervisor opens them once, outside any sandbox: a worker in
+// its own mount and net namespaces could neither create the unix socket at
+// the host's path nor listen on the host's loopback. When both addresses
+// are the same, only MetricsListenerName is handed over.
+const (
+	MetricsListenerName = "listen.metrics"
+	PprofListenerName   = "listen.pprof"
+)
+
+// ListenAddr opens a listener on a CheckAddr-valid address (see listenAddr).
+func ListenAddr(addr string) (net.Listener, error) { return listenAddr(addr) }
+
+// IsListenerName reports whether name is one of the handed-over listeners.
+func IsListenerName(name string) bool {
+	return name == MetricsListenerName || name == PprofListenerName
+}
+
+// listener returns the listener for addr: the one the supervisor handed
+// over for it, else a new one (unsupervised, or an older supervisor).
+func (o *Options) listener(addr string) (net.Listener, error) {
+	name := PprofListenerName
+	if addr == o.MetricsAddr {
+		name = MetricsListenerName
+	}
+	fd, ok := o.listeners[name]
+	if !ok {
+		return listenAddr(addr)
+	}
+	delete(o.listeners, name)
+	f := os.NewFile(uintptr(fd), name)
+	defer f.Close() // FileListener dups it
+	l, err := net.FileListener(f)
+	if err != nil {
+		return nil, fmt.Errorf("listener %s handed over for %s: %w", name, addr, err)
+	}
+	return l, nil
+}
+
 // listenAddr opens a listener on a CheckAddr-valid address. A unix socket
 // replaces a stale socket file (never another kind of file) and is made
 // 0600 before it listens: the filesystem set the umask to 0.
@@ -154,7 +194,7 @@ func (ob *observer) start(o Options, log *slog.Logger) error {
 		mux(o.MetricsAddr).Handle("/metrics", ob.reg)
 	}
 	for addr, m := range muxes {
-		l, err := listenAddr(addr)
+		l, err := o.listener(addr)
 		if err != nil {
 			ob.close()
 			return fmt.Errorf("listen on %s: %w", addr, err)

@@ -51,6 +51,10 @@ type Options struct {
 	// (CheckAddr); opened before the seccomp filter, which then allows
 	// what the HTTP server needs.
 	PprofAddr, MetricsAddr string
+	// listeners: listening sockets for those addresses the supervisor
+	// opened and handed over (MetricsListenerName, PprofListenerName), by
+	// name; set by runSupervised.
+	listeners map[string]int
 
 	// Filesystem switches handed to engine/passthrough (virtiofsd's
 	// -o no_xattr, --writeback, --allow-direct-io). vfsd serves extended

@@ -33,6 +33,21 @@ func runSupervised(ctx context.Context, o Options, log *slog.Logger) error {
 		unix.Close(o.ConnFD)
 		return fmt.Errorf("fds handed over by the supervisor: %w", err)
 	}
+	// The supervisor's listeners for --metrics-addr/--pprof-addr are not
+	// stored fds: take them out first.
+	o.listeners = map[string]int{}
+	kept := handed[:0:0]
+	for _, f := range handed {
+		if IsListenerName(f.Name) {
+			if old, dup := o.listeners[f.Name]; dup {
+				unix.Close(old)
+			}
+			o.listeners[f.Name] = f.FD
+			continue
+		}
+		kept = append(kept, f)
+	}
+	handed = kept
 	byName := make(map[string]int, len(handed))
 	closeRest := func() {
 		for _, fd := range byName {
