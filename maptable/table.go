@@ -611,8 +611,12 @@ func (t *Table) purgeLocked() {
 
 // Range calls fn for every entry, in slot order, until fn returns false. val
 // is a copy, valid only during the call. The table is locked meanwhile: fn
-// must not call methods of t. It scans all slots; meant for recovery
-// bookkeeping, debugging and tests.
+// must not call methods of t. Meant for recovery bookkeeping, debugging and
+// tests; it never faults in the sparse memfd's holes (every read of a hole
+// through the shared mapping would allocate a zero page for good): it reads
+// only the data extents (lseek SEEK_DATA/SEEK_HOLE on the memfd, which
+// count swapped-out pages as data), and stops once it has seen Len()
+// entries. Cost: O(pages ever written), not O(slots).
 func (t *Table) Range(fn func(id ID, k Key, val []byte) bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -620,14 +624,63 @@ func (t *Table) Range(fn func(id ID, k Key, val []byte) bool) {
 		return
 	}
 	val := make([]byte, t.vsize)
-	for s := range t.n {
-		sh := t.m.slot(s)
-		if atomic.LoadUint32(&sh.State) != stateUsed || sh.Gen == 0 {
-			continue
+	left := t.count.Load()
+	for s := uint32(0); s < t.n && left > 0; {
+		lo, hi := t.dataSlotsLocked(s)
+		for ; s < hi && left > 0; s++ {
+			if s < lo {
+				s = lo
+				if s >= hi {
+					break
+				}
+			}
+			sh := t.m.slot(s)
+			if atomic.LoadUint32(&sh.State) != stateUsed || sh.Gen == 0 {
+				continue
+			}
+			left--
+			copy(val, t.m.value(s))
+			if !fn(makeID(s, sh.Gen), sh.Key, val) {
+				return
+			}
 		}
-		copy(val, t.m.value(s))
-		if !fn(makeID(s, sh.Gen), sh.Key, val) {
-			return
-		}
+		s = max(s, hi)
 	}
+}
+
+// dataSlotsLocked returns [lo, hi): the slots, from s on, whose headers lie
+// in the next data extent of the memfd. A slot whose header lies in a hole
+// was never written, so it is free; an entry's whole record was written,
+// so reading a used slot never touches a hole. Without SEEK_DATA it
+// returns [s, n).
+// Precondition: t.mu held, table open.
+func (t *Table) dataSlotsLocked(s uint32) (lo, hi uint32) {
+	off := int64(t.m.slotOff(s))
+	d, err := unix.Seek(t.fd, off, unix.SEEK_DATA)
+	if err == unix.ENXIO {
+		return t.n, t.n // no data after off
+	}
+	if err != nil || d < off {
+		return s, t.n
+	}
+	h, err := unix.Seek(t.fd, d, unix.SEEK_HOLE)
+	if err != nil || h <= d {
+		return s, t.n
+	}
+	base, rsz := int64(t.m.hsz), int64(t.m.rsz)
+	lo = s
+	if d > off {
+		lo = uint32(min(int64(t.n), (d-base+rsz-1)/rsz)) // first slot starting at or after d
+	}
+	// Slots whose header ends at or before h (a header straddling into
+	// the hole was never written whole: not an entry).
+	if h-base >= slotHdrLen {
+		hi = uint32(min(int64(t.n), (h-base-slotHdrLen)/rsz+1))
+	}
+	if hi <= lo {
+		// Slot lo's header does not lie whole in the extent: not an entry.
+		lo = min(lo+1, t.n)
+		return lo, lo
+	}
+	return lo, hi
 }

@@ -287,6 +287,23 @@ func (fs *FS) setSession(s fuse.Session) {
 
 func (fs *FS) has(flag uint64) bool { return fs.flags.Load()&flag != 0 }
 
+// TableStats reports the inode and handle maps' entries and capacities (the
+// root's record included), for the worker's metrics. Safe for concurrent
+// use with requests; zero after Close.
+func (fs *FS) TableStats() (inodes, inodesCap, handles, handlesCap int) {
+	fs.imu.RLock()
+	if t := fs.inodes; t != nil {
+		inodes, inodesCap = t.Len(), t.Cap()
+	}
+	fs.imu.RUnlock()
+	fs.hmu.RLock()
+	if t := fs.handles; t != nil {
+		handles, handlesCap = t.Len(), t.Cap()
+	}
+	fs.hmu.RUnlock()
+	return
+}
+
 // Close releases every fd and both maps. Requests must have stopped.
 func (fs *FS) Close() error {
 	fs.locks.cancelAll()
@@ -313,14 +330,19 @@ func (fs *FS) Close() error {
 		unix.Close(fs.mountfd)
 		fs.mountfd = -1
 	}
+	// (Under the locks: TableStats may run meanwhile.)
+	fs.imu.Lock()
 	if fs.inodes != nil {
 		errs = append(errs, fs.inodes.Close())
 		fs.inodes = nil
 	}
+	fs.imu.Unlock()
+	fs.hmu.Lock()
 	if fs.handles != nil {
 		errs = append(errs, fs.handles.Close())
 		fs.handles = nil
 	}
+	fs.hmu.Unlock()
 	if fs.journal != nil {
 		errs = append(errs, fs.journal.Close())
 		fs.journal = nil
@@ -525,9 +547,8 @@ func (fs *FS) opDestroy(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {
 	fs.locks.cancelAll()
 	fs.dropAllLocks(true)
 	// Records of loaded handles and inodes are deleted from memory's view;
-	// maptable.Range (which touches every slot of the sparse memfd: pages
-	// of shared memory for the whole capacity) runs only when records
-	// remain that were never loaded since a restart.
+	// maptable.Range (which reads the memfd's written pages) runs only when
+	// records remain that were never loaded since a restart.
 	fs.hmu.Lock()
 	fs.hslots.each(func(_ uint32, h *handle) {
 		fs.handles.Delete(h.id)

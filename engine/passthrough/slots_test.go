@@ -90,3 +90,29 @@ func TestFirstRequestAfterResumeSmall(t *testing.T) {
 		t.Errorf("first GETATTR after resume (inode at slot %d) allocated %d bytes", uint32(hi), n)
 	}
 }
+
+// TestTableStats: entries and capacities of both maps, as the worker's
+// metrics read them.
+func TestTableStats(t *testing.T) {
+	c := newTFS(t, Options{MaxInodes: 1000, MaxHandles: 100})
+	in, inCap, h, hCap := c.fs.TableStats()
+	if in != 1 || h != 0 || inCap != c.fs.inodes.Cap() || hCap != c.fs.handles.Cap() || inCap < 800 || hCap < 80 {
+		t.Fatalf("fresh: %d/%d inodes, %d/%d handles", in, inCap, h, hCap)
+	}
+	os.WriteFile(c.path("f"), nil, 0o644)
+	f := c.mustLookup(fuse.RootID, "f")
+	c.open(f.NodeID, 0)
+	c.open(f.NodeID, 0)
+	if in, _, h, _ := c.fs.TableStats(); in != 2 || h != 2 {
+		t.Errorf("after a lookup and two opens: %d inodes, %d handles", in, h)
+	}
+	done := make(chan struct{})
+	go func() { // concurrent with requests (run with -race)
+		defer close(done)
+		for range 100 {
+			c.fs.TableStats()
+		}
+	}()
+	c.open(f.NodeID, 0)
+	<-done
+}
