@@ -122,6 +122,7 @@ type FS struct {
 	// that have no in-memory inode or handle yet.
 	lazy      bool
 	storeErrs atomic.Uint64
+	dirCache  atomic.Int64 // bytes in dirState.rest of all handles
 
 	rmu sync.Mutex
 	// +checklocks:rmu
@@ -309,7 +310,7 @@ func (fs *FS) Close() error {
 	fs.locks.cancelAll()
 	fs.dropAllLocks(false) // the store's copies keep the locks for a successor
 	fs.hmu.Lock()
-	fs.hslots.each(func(_ uint32, h *handle) { h.kill() })
+	fs.hslots.each(func(_ uint32, h *handle) { fs.uncacheDir(h); h.kill() })
 	fs.hslots.reset()
 	fs.hmu.Unlock()
 	fs.imu.Lock()
@@ -555,6 +556,7 @@ func (fs *FS) opDestroy(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {
 		if fs.store != nil {
 			fs.store.Remove(fhName(uint64(h.id)))
 		}
+		fs.uncacheDir(h)
 		h.kill()
 	})
 	fs.hslots.reset()

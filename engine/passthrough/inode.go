@@ -494,8 +494,60 @@ const (
 	kindDir  = 2
 )
 
-// dirState serialises READDIR on one directory handle (seek + getdents).
-type dirState struct{ mu sync.Mutex }
+// dirState serialises READDIR on one directory handle (seek + getdents) and
+// keeps what getdents returned beyond the last reply: the guest reads a
+// directory in small requests, each from where the last one stopped, and
+// re-reading from a seek per request made every request pay for a whole
+// getdents buffer (and, on ext4, a refill of its hash-order tree).
+type dirState struct {
+	mu sync.Mutex
+	// +checklocks:mu
+	rest []byte // linux_dirent64 records after the last one answered
+	// +checklocks:mu
+	next uint64 // the offset rest continues (d_off of the last answered)
+}
+
+// maxDirCache bounds the bytes all directory handles keep in dirState.rest
+// (a guest may hold 64Ki open directories); past it, requests re-read.
+const maxDirCache = 16 << 20
+
+// uncacheDir drops h's readdir cache (h is going away).
+func (fs *FS) uncacheDir(h *handle) {
+	if h.dir == nil {
+		return
+	}
+	h.dir.mu.Lock()
+	fs.setDirCache(h.dir, nil, 0)
+	h.dir.mu.Unlock()
+}
+
+// setDirCache replaces d.rest by a copy of b (nil: none), within the budget.
+// Precondition: d.mu held.
+func (fs *FS) setDirCache(d *dirState, b []byte, next uint64) {
+	old := int64(cap(d.rest))
+	if len(b) == 0 {
+		if old > 0 {
+			fs.dirCache.Add(-old)
+		}
+		d.rest = nil
+		return
+	}
+	if int64(len(b)) <= old {
+		d.rest = append(d.rest[:0], b...) // may overlap: a memmove
+		d.next = next
+		return
+	}
+	if fs.dirCache.Add(int64(len(b))-old) > maxDirCache {
+		fs.dirCache.Add(-int64(len(b)))
+		d.rest = nil
+		return
+	}
+	d.rest = append([]byte(nil), b...)
+	if c := int64(cap(d.rest)); c != int64(len(b)) {
+		fs.dirCache.Add(c - int64(len(b)))
+	}
+	d.next = next
+}
 
 // handleKey is the key of the handle record a journaled request creates:
 // (queue, head), its journal generation and unique. The zero Key (no index
@@ -597,6 +649,7 @@ func (fs *FS) removeHandle(fh uint64) (*handle, unix.Errno) {
 		h.pins.Add(1)
 		h.dead.Store(true)
 		fs.hmu.Unlock()
+		fs.uncacheDir(h)
 		crash(cpMaptable)
 		if fs.store != nil {
 			fs.store.Remove(fhName(fh))

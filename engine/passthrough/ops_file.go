@@ -732,26 +732,38 @@ func (fs *FS) readdir(x *txn, rep *fuse.Reply, arg []byte, plus bool) {
 
 	h.dir.mu.Lock()
 	defer h.dir.mu.Unlock()
-	if _, err := unix.Seek(h.fd, int64(in.Offset), unix.SEEK_SET); err != nil {
-		rep.Error(errno(err))
-		return
+	// Continue from what the last request left (the guest asks for the
+	// offset where that reply stopped), else seek.
+	var pending []byte
+	if d := h.dir; len(d.rest) > 0 && d.next == in.Offset {
+		pending = d.rest
+	} else {
+		fs.setDirCache(d, nil, 0)
+		if _, err := unix.Seek(h.fd, int64(in.Offset), unix.SEEK_SET); err != nil {
+			rep.Error(errno(err))
+			return
+		}
 	}
+	last := in.Offset
 	n := 0
 	full := false
 	for !full {
-		m, err := unix.Getdents(h.fd, dents)
-		if err != nil {
-			if n == 0 {
-				rep.Error(errno(err))
-				return
+		if len(pending) == 0 {
+			m, err := unix.Getdents(h.fd, dents)
+			if err != nil {
+				if n == 0 {
+					rep.Error(errno(err))
+					return
+				}
+				break
 			}
-			break
+			if m <= 0 {
+				break
+			}
+			pending = dents[:m]
 		}
-		if m <= 0 {
-			break
-		}
-		for p := 0; p < m; {
-			ino, off, typ, name, reclen, ok := parseDirent64(dents[p:m])
+		for len(pending) > 0 {
+			ino, off, typ, name, reclen, ok := parseDirent64(pending)
 			if !ok {
 				full = true // a record we cannot parse: stop here
 				break
@@ -775,9 +787,14 @@ func (fs *FS) readdir(x *txn, rep *fuse.Reply, arg []byte, plus bool) {
 				break
 			}
 			n += w
-			p += reclen
+			last = off
+			pending = pending[reclen:]
 		}
 	}
+	if h.dead.Load() {
+		pending = nil // released meanwhile: keep nothing
+	}
+	fs.setDirCache(h.dir, pending, last)
 	rep.Ok(out[:n])
 }
 

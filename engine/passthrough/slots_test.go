@@ -1,6 +1,7 @@
 package passthrough
 
 import (
+	"encoding/binary"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -115,4 +116,65 @@ func TestTableStats(t *testing.T) {
 	}()
 	c.open(f.NodeID, 0)
 	<-done
+}
+
+// TestReaddirCache: a directory listed in small READDIR(PLUS) requests,
+// each continuing from the last (served from the handle's getdents cache),
+// and restarted from offset 0 halfway, yields every name once per pass;
+// RELEASEDIR gives the cache back.
+func TestReaddirCache(t *testing.T) {
+	c := newTFS(t, Options{})
+	os.Mkdir(c.path("d"), 0o755)
+	want := map[string]bool{}
+	for i := range 700 {
+		n := fmt.Sprintf("entry-with-a-longish-name-%04d", i)
+		os.WriteFile(filepath.Join(c.path("d"), n), nil, 0o644)
+		want[n] = true
+	}
+	d := c.mustLookup(fuse.RootID, "d")
+	for _, op := range []uint32{fuse.OpReaddir, fuse.OpReaddirplus} {
+		dh := c.opendir(d.NodeID)
+		list := func(stopAfter int) map[string]int {
+			seen := map[string]int{}
+			off := uint64(0)
+			for reqs := 0; stopAfter == 0 || reqs < stopAfter; reqs++ {
+				e, p := c.call(op, d.NodeID, b(fuse.ReadIn{Fh: dh, Offset: off, Size: 1024}))
+				if e != 0 {
+					t.Fatal(e)
+				}
+				if len(p) == 0 {
+					break
+				}
+				for len(p) > 0 {
+					base := 0
+					if op == fuse.OpReaddirplus {
+						base = fuse.EntryOutSize
+					}
+					off = binary.LittleEndian.Uint64(p[base+8:])
+					nl := int(binary.LittleEndian.Uint32(p[base+16:]))
+					seen[string(p[base+24:base+24+nl])]++
+					p = p[base+(24+nl+7)&^7:]
+				}
+			}
+			return seen
+		}
+		list(20) // a partial pass, then from the start again
+		seen := list(0)
+		for n := range want {
+			if seen[n] != 1 {
+				t.Errorf("op %d: %s listed %d times", op, n, seen[n])
+			}
+		}
+		if len(seen) != len(want)+2 { // "." and ".."
+			t.Errorf("op %d: %d names listed, want %d", op, len(seen), len(want)+2)
+		}
+		list(5)
+		if c.fs.dirCache.Load() == 0 {
+			t.Errorf("op %d: nothing cached mid-listing", op)
+		}
+		c.call(fuse.OpReleasedir, d.NodeID, b(fuse.ReleaseIn{Fh: dh}))
+		if n := c.fs.dirCache.Load(); n != 0 {
+			t.Errorf("op %d: %d bytes cached after RELEASEDIR", op, n)
+		}
+	}
 }
