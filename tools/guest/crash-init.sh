@@ -20,7 +20,7 @@
 #   - at the same time a metadata loop: create, rename, hard link, unlink,
 #     setfattr/getfattr, O_APPEND, mkdir/rmdir, each result checked.
 # Rounds repeat until at least vfsd.crashkills kill lines were printed (at
-# least one round, at most 6). Any failed command, a lock that could be taken,
+# least one round, at most 30). Any failed command, a lock that could be taken,
 # or a virtiofs/fuse error in the kernel log fails the run.
 #
 # Kernel command line: vfsd.tag=TAG, vfsd.crashkills=N (default 8; 0: no kill
@@ -232,7 +232,7 @@ while :; do
 	log "fio round $round: written, verified, read back and verified again; kills so far $(cat /tmp/kills), meta iterations $(cat /tmp/meta.count)"
 	[ -s /tmp/errors ] && fail "$(head -n 3 /tmp/errors)"
 	[ "$(cat /tmp/kills)" -ge "$KILLS" ] && break
-	[ $round -ge 6 ] && break
+	[ $round -ge 30 ] && break
 done
 rm -f /tmp/work
 [ -n "${KILLER:-}" ] && wait "$KILLER"
