@@ -2,7 +2,6 @@ package guestfio
 
 import (
 	"bytes"
-	"compress/gzip"
 	"context"
 	_ "embed"
 	"encoding/json"
@@ -105,7 +104,7 @@ func Run(ctx context.Context, o Options) ([]*report.GuestRow, []string, error) {
 		return nil, nil, err
 	}
 	initrd := filepath.Join(o.WorkDir, "initramfs-bench.cpio.gz")
-	if err := AppendInit(o.Initramfs, benchInit, initrd); err != nil {
+	if err := guest.AppendInit(o.Initramfs, initrd, InitName, benchInit); err != nil {
 		return nil, nil, fmt.Errorf("guestfio: initramfs: %w", err)
 	}
 	timeout := o.BootTimeout
@@ -314,46 +313,4 @@ func ParseStressYAML(b []byte, stressor string) (*report.GuestValue, error) {
 		}
 	}
 	return nil, fmt.Errorf("stress-ng YAML has no %s metrics", stressor)
-}
-
-// AppendInit writes to out the base initramfs followed by a second
-// (gzip-compressed newc cpio) archive holding script as /bench-init; the
-// kernel unpacks both, so /init and everything else stay as built.
-func AppendInit(base string, script []byte, out string) error {
-	b, err := os.ReadFile(base)
-	if err != nil {
-		return err
-	}
-	var buf bytes.Buffer
-	buf.Write(b)
-	for buf.Len()%4 != 0 { // the unpacker skips zero padding between archives
-		buf.WriteByte(0)
-	}
-	zw := gzip.NewWriter(&buf)
-	cpioEntry(zw, InitName, 0o100755, script)
-	cpioEntry(zw, "TRAILER!!!", 0, nil)
-	if err := zw.Close(); err != nil {
-		return err
-	}
-	tmp := out + ".tmp"
-	if err := os.WriteFile(tmp, buf.Bytes(), 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp, out)
-}
-
-// cpioEntry writes one newc ("070701") entry.
-func cpioEntry(w io.Writer, name string, mode uint32, data []byte) {
-	nlink := 1
-	if mode == 0 {
-		nlink = 0
-	}
-	hdr := fmt.Sprintf("070701%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X",
-		1, mode, 0, 0, nlink, 0, len(data), 0, 0, 0, 0, len(name)+1, 0)
-	pad := func(n int) []byte { return make([]byte, (4-n%4)%4) }
-	w.Write([]byte(hdr))
-	w.Write(append([]byte(name), 0))
-	w.Write(pad(len(hdr) + len(name) + 1))
-	w.Write(data)
-	w.Write(pad(len(data)))
 }

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"vfsd/tools/guest"
 )
 
 func TestParseFio(t *testing.T) {
@@ -53,15 +54,15 @@ func TestAppendInit(t *testing.T) {
 	base := filepath.Join(dir, "base.cpio.gz")
 	var bb bytes.Buffer
 	zw := gzip.NewWriter(&bb)
-	cpioEntry(zw, "init", 0o100755, []byte("#!/bin/sh\n"))
-	cpioEntry(zw, "TRAILER!!!", 0, nil)
+	guest.CpioEntry(zw, "init", 0o100755, []byte("#!/bin/sh\n"))
+	guest.CpioEntry(zw, "TRAILER!!!", 0, nil)
 	zw.Close()
 	bb.WriteByte(0) // a base whose length is not a multiple of 4
 	if err := os.WriteFile(base, bb.Bytes(), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	out := filepath.Join(dir, "out.cpio.gz")
-	if err := AppendInit(base, benchInit, out); err != nil {
+	if err := guest.AppendInit(base, out, InitName, benchInit); err != nil {
 		t.Fatal(err)
 	}
 	got, err := os.ReadFile(out)

@@ -2,7 +2,6 @@ package guest
 
 import (
 	"bytes"
-	"compress/gzip"
 	"fmt"
 	"os"
 	"os/exec"
@@ -30,26 +29,11 @@ var allowedDiffs = map[string]string{
 // conformanceInitramfs writes to out the base initramfs followed by an archive
 // holding script as /conformance-init (as CrashInitramfs does for /crash-init).
 func conformanceInitramfs(base, script, out string) error {
-	b, err := os.ReadFile(base)
-	if err != nil {
-		return err
-	}
 	s, err := os.ReadFile(script)
 	if err != nil {
 		return err
 	}
-	var buf bytes.Buffer
-	buf.Write(b)
-	for buf.Len()%4 != 0 {
-		buf.WriteByte(0)
-	}
-	zw := gzip.NewWriter(&buf)
-	cpioEntry(zw, conformanceInitName, 0o100755, s)
-	cpioEntry(zw, "TRAILER!!!", 0, nil)
-	if err := zw.Close(); err != nil {
-		return err
-	}
-	return os.WriteFile(out, buf.Bytes(), 0o644)
+	return AppendInit(base, out, conformanceInitName, s)
 }
 
 // checkLines returns the "CHECK name result" lines of out (a console log may

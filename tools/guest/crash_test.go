@@ -29,42 +29,11 @@ const crashInitName = "crash-init"
 // (gzip-compressed newc cpio) archive holding script as /crash-init; the
 // kernel unpacks both, so /init and everything else stay as built.
 func CrashInitramfs(base, script, out string) error {
-	b, err := os.ReadFile(base)
-	if err != nil {
-		return err
-	}
 	s, err := os.ReadFile(script)
 	if err != nil {
 		return err
 	}
-	var buf bytes.Buffer
-	buf.Write(b)
-	for buf.Len()%4 != 0 { // the unpacker skips zero padding between archives
-		buf.WriteByte(0)
-	}
-	zw := gzip.NewWriter(&buf)
-	cpioEntry(zw, crashInitName, 0o100755, s)
-	cpioEntry(zw, "TRAILER!!!", 0, nil)
-	if err := zw.Close(); err != nil {
-		return err
-	}
-	return os.WriteFile(out, buf.Bytes(), 0o644)
-}
-
-// cpioEntry writes one newc ("070701") entry.
-func cpioEntry(w interface{ Write([]byte) (int, error) }, name string, mode uint32, data []byte) {
-	nlink := 1
-	if mode == 0 {
-		nlink = 0
-	}
-	hdr := fmt.Sprintf("070701%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X",
-		1, mode, 0, 0, nlink, 0, len(data), 0, 0, 0, 0, len(name)+1, 0)
-	pad := func(n int) []byte { return make([]byte, (4-n%4)%4) }
-	w.Write([]byte(hdr))
-	w.Write(append([]byte(name), 0))
-	w.Write(pad(len(hdr) + len(name) + 1))
-	w.Write(data)
-	w.Write(pad(len(data)))
+	return AppendInit(base, out, crashInitName, s)
 }
 
 // lockWatcher checks from the host, while the guest says it holds flock on a
@@ -254,8 +223,8 @@ func TestCrashInitramfsArchive(t *testing.T) {
 	base := filepath.Join(dir, "base.gz")
 	var bb bytes.Buffer
 	zw := gzip.NewWriter(&bb)
-	cpioEntry(zw, "init", 0o100755, []byte("#!/bin/sh\n"))
-	cpioEntry(zw, "TRAILER!!!", 0, nil)
+	CpioEntry(zw, "init", 0o100755, []byte("#!/bin/sh\n"))
+	CpioEntry(zw, "TRAILER!!!", 0, nil)
 	zw.Close()
 	os.WriteFile(base, append(bb.Bytes(), 0), 0o644) // odd length: padding needed
 	script := filepath.Join(dir, "s.sh")
