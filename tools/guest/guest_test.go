@@ -179,8 +179,14 @@ func TestGuestWorkerCrash(t *testing.T) {
 		t.Skipf("SKIP: crash recovery is a vfsd feature; %s cannot survive a killed process", g.cfg.Daemon)
 	}
 	g.cfg.KillOn = []string{"=== STEP ops-bigfile", "=== STEP ops-many", "=== STEP fio", "=== STEP handoff"}
-	g.cfg.KillDelay = 1500 * time.Millisecond
+	// Each step takes over a second of guest time here (handoff, the
+	// shortest, about 1.3 s on a 2-core host); a short delay lands the kill
+	// inside the step on a much faster machine too.
+	g.cfg.KillDelay = 200 * time.Millisecond
 	res := g.run(t, ctx)
+	if len(res.KillsLate) > 0 {
+		t.Errorf("the guest finished before the kill planned after %q (step shorter than KillDelay %v)", res.KillsLate, g.cfg.KillDelay)
+	}
 	if len(res.KillMisses) > 0 {
 		t.Errorf("the daemon had no worker process to kill after: %q (is the supervisor running a worker child?)", res.KillMisses)
 	}

@@ -70,6 +70,7 @@ type Result struct {
 	DaemonExit string        // how the daemon ended
 	Kills      []string      // crash injections done: "pid N (comm) after LINE"
 	KillMisses []string      // trigger lines after which the daemon had no child to kill
+	KillsLate  []string      // trigger lines whose kill was still pending when the guest finished
 }
 
 // Serial returns the guest's serial console log.
@@ -248,6 +249,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	var marker string
 	var daemonDied bool
 	var killTimers []*time.Timer
+	pending := map[string]bool{} // trigger lines whose KillDelay has not run out
 	killc := make(chan string, 16)
 	defer func() {
 		for _, t := range killTimers {
@@ -267,8 +269,10 @@ wait:
 		case marker = <-tail.marker:
 			break wait
 		case line := <-tail.trigger:
+			pending[line] = true
 			killTimers = append(killTimers, time.AfterFunc(cfg.KillDelay, func() { killc <- line }))
 		case line := <-killc:
+			delete(pending, line)
 			if k := killChildren(daemon.cmd.Process.Pid, line); len(k) > 0 {
 				res.Kills = append(res.Kills, k...)
 			} else {
@@ -291,6 +295,9 @@ wait:
 			pollMarker()
 			break wait
 		}
+	}
+	for line := range pending {
+		res.KillsLate = append(res.KillsLate, line)
 	}
 	res.BootToInit = tail.firstInitLine()
 	if marker != "" {
