@@ -27,6 +27,9 @@ KERNEL_PKG ?= linux-image-6.1.0-56-amd64
 KERNEL_DIR := $(BUILD)/kernel
 INITRAMFS := $(BUILD)/initramfs.cpio.gz
 VFSD_BIN := $(BUILD)/vfsd
+# vfsd is linked statically (pure Go): --sandbox=chroot re-executes it inside
+# the shared directory, where no dynamic loader can be found.
+GO_VFSD := CGO_ENABLED=0 $(GO)
 
 HAVE_VFSD := $(if $(wildcard cmd/vfsd/*.go),yes,)
 DAEMON ?= $(if $(HAVE_VFSD),vfsd,virtiofsd)
@@ -72,8 +75,8 @@ deps-go:
 build:
 	@mkdir -p $(BUILD)
 	@if [ -n "$(HAVE_VFSD)" ]; then \
-		echo "go build -o $(VFSD_BIN) ./cmd/vfsd"; \
-		$(GO) build -o $(VFSD_BIN) ./cmd/vfsd; \
+		echo "CGO_ENABLED=0 go build -o $(VFSD_BIN) ./cmd/vfsd"; \
+		$(GO_VFSD) build -o $(VFSD_BIN) ./cmd/vfsd; \
 	else \
 		echo "build: cmd/vfsd has no Go files yet; skipping $(VFSD_BIN)"; \
 	fi
@@ -119,7 +122,7 @@ test-unit:
 test-guest: initramfs
 	@mkdir -p $(BUILD)
 	@if [ "$(DAEMON)" = vfsd ]; then \
-		echo "go build -o $(VFSD_BIN) ./cmd/vfsd"; $(GO) build -o $(VFSD_BIN) ./cmd/vfsd; \
+		echo "CGO_ENABLED=0 go build -o $(VFSD_BIN) ./cmd/vfsd"; $(GO_VFSD) build -o $(VFSD_BIN) ./cmd/vfsd; \
 	fi
 	VFSD_GUEST_DAEMON=$(DAEMON) VFSD_BIN=$(abspath $(VFSD_BIN)) \
 	VFSD_GUEST_KERNEL=$(abspath $(KERNEL_DIR)/vmlinuz) VFSD_GUEST_INITRAMFS=$(abspath $(INITRAMFS)) \
@@ -134,7 +137,7 @@ test-guest-ref:
 
 demo: deps initramfs
 	@if [ "$(DAEMON)" = vfsd ]; then \
-		mkdir -p $(BUILD); echo "go build -o $(VFSD_BIN) ./cmd/vfsd"; $(GO) build -o $(VFSD_BIN) ./cmd/vfsd; \
+		mkdir -p $(BUILD); echo "CGO_ENABLED=0 go build -o $(VFSD_BIN) ./cmd/vfsd"; $(GO_VFSD) build -o $(VFSD_BIN) ./cmd/vfsd; \
 	fi
 	$(GO) run ./tools/guest/cmd/demo -daemon $(DAEMON) -vfsd $(abspath $(VFSD_BIN)) \
 		-kernel $(abspath $(KERNEL_DIR)/vmlinuz) -initramfs $(abspath $(INITRAMFS)) \
@@ -176,7 +179,7 @@ INSTALL ?= install
 .PHONY: install
 install:
 	@mkdir -p $(INSTALL_BUILD)
-	$(GO) build -o $(INSTALL_BUILD)/vfsd ./cmd/vfsd
+	$(GO_VFSD) build -o $(INSTALL_BUILD)/vfsd ./cmd/vfsd
 	$(INSTALL_BUILD)/vfsd --man > $(INSTALL_BUILD)/vfsd.1
 	sed 's|@LIBEXECDIR@|$(LIBEXECDIR)|g' packaging/systemd/vfsd@.service.in > $(INSTALL_BUILD)/vfsd@.service
 	sed 's|@LIBEXECDIR@|$(LIBEXECDIR)|g' share/qemu/vhost-user/50-vfsd.json.in > $(INSTALL_BUILD)/50-vfsd.json

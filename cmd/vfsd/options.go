@@ -89,13 +89,20 @@ var optionDocs = []optionDoc{
 	{[]string{"sandbox"}, "MODE", "namespace: the supervised worker runs in new mount, pid, net, IPC and UTS " +
 		"namespaces with a root holding only the shared directory (/shared), a read-only /proc and the " +
 		"dynamic loader (the default; --metrics-addr and --pprof-addr are opened by the supervisor and handed " +
-		"to the worker); none: no isolation (the default with --no-supervisor). chroot is refused. The " +
-		"supervised worker drops capabilities in both modes (engine/sandbox). namespace needs the supervisor.", secIsolate},
+		"to the worker); chroot: the worker chroot()s into the shared directory, for hosts where it cannot get " +
+		"namespaces (needs a statically linked vfsd, as make build builds; CAP_SYS_CHROOT cannot be kept); " +
+		"none: no isolation (the default with --no-supervisor). The supervised worker drops capabilities in " +
+		"every mode (engine/sandbox). namespace and chroot need the supervisor.", secIsolate},
 	{[]string{"modcaps"}, "LIST", "Adjust the worker's capabilities: +cap or -cap, colon- or comma-separated " +
 		"(e.g. +sys_admin:-mknod); the default set is chown, dac_override, dac_read_search, fowner, fsetid, " +
 		"setgid, setuid, mknod, setfcap.", secIsolate},
-	{[]string{"uid-map", "gid-map"}, ":NS:HOST:COUNT:", "Checked and refused: vfsd has no user-namespace sandbox.",
-		secIsolate},
+	{[]string{"uid-map", "gid-map"}, ":NS:HOST:COUNT:", "Start each worker in a new user namespace (owning its " +
+		"other namespaces) where COUNT ids from NS are HOST onward on the host (virtiofsd's format; repeat the " +
+		"flag for more mappings, at most 340 each). Give both; namespace id 0 must be mapped (the worker runs " +
+		"as 0 there); needs --sandbox=namespace and the supervisor. Root may map any host ids; an unprivileged " +
+		"user its own (:0:UID:1:), or ranges from /etc/subuid and /etc/subgid with 0 mapped to its own id, " +
+		"written by newuidmap/newgidmap (package uidmap). A guest id without a mapping gets EOVERFLOW where " +
+		"it would own a new file; host files of unmapped owners show as 65534.", secIsolate},
 
 	{[]string{"log-level"}, "LEVEL", "error, warn, info (default), debug, trace (same as debug) or off.", secLog},
 	{[]string{"d"}, "", "Same as --log-level=debug (virtiofsd's -d).", secLog},

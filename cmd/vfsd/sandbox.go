@@ -2,8 +2,8 @@ package main
 
 import (
 	"errors"
+	"fmt"
 	"os/exec"
-	"strings"
 
 	"vfsd/engine/sandbox"
 )
@@ -23,10 +23,6 @@ func (c *config) sandboxMode() sandbox.Mode {
 // setSandboxMode is --sandbox / -o sandbox=.
 func (c *config) setSandboxMode(s string) error {
 	m, err := sandbox.ParseMode(s)
-	if s == string(sandbox.Chroot) {
-		c.refuse("--sandbox=chroot", strings.TrimPrefix(err.Error(), "not supported: "))
-		return nil
-	}
 	if err != nil {
 		return err
 	}
@@ -46,8 +42,8 @@ func (c *config) setModcapsList(s string) error {
 
 // checkSandbox refuses what the worker could not honour.
 func (c *config) checkSandbox() error {
-	if c.NoSupervisor && c.sandboxExplicit && c.Sandbox == string(sandbox.Namespace) {
-		return errors.New("--sandbox=namespace needs the supervisor (the worker is started in new namespaces); use --sandbox=none with --no-supervisor")
+	if c.NoSupervisor && c.sandboxExplicit && c.Sandbox != string(sandbox.None) {
+		return fmt.Errorf("--sandbox=%s needs the supervisor (the worker enters its sandbox when the supervisor starts it); use --sandbox=none with --no-supervisor", c.Sandbox)
 	}
 	if c.NoSupervisor && c.modcaps != "" {
 		return errors.New("--modcaps applies to the supervised worker only (not with --no-supervisor)")
@@ -65,7 +61,9 @@ func (c *config) sandboxArgs() []string {
 }
 
 // prepareWorker is the supervisor's PrepareWorker hook.
-func (c *config) prepareWorker() func(*exec.Cmd) { return sandbox.PrepareCmd(c.sandboxMode()) }
+func (c *config) prepareWorker() func(*exec.Cmd) {
+	return c.withUserns(sandbox.PrepareCmd(c.sandboxMode())) // --uid-map: flags.go
+}
 
 // enterSandbox is the worker's first act (runWorker): it sets the sandbox
 // up and re-executes the worker inside it (returning only on error), or,

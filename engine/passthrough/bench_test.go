@@ -3,8 +3,8 @@ package passthrough
 import (
 	"encoding/binary"
 	"fmt"
-	"path/filepath"
 	"os"
+	"path/filepath"
 	"runtime"
 	"testing"
 

@@ -58,6 +58,11 @@ type Options struct {
 	Resume map[string]int
 	// Logger gets warnings (default slog.Default()).
 	Logger *slog.Logger
+	// ProcSelfFD, when > 0, is an O_PATH fd of /proc/self/fd opened before
+	// a chroot that left no /proc in the root (--sandbox=chroot); the FS
+	// takes it over and runs path-form calls through a procThread. Else
+	// the FS opens /proc/self/fd itself.
+	ProcSelfFD int
 }
 
 // Timeouts and open flags per cache mode.
@@ -105,6 +110,9 @@ type FS struct {
 	opts   Options
 	policy cachePolicy
 	procfd int // O_PATH to /proc/self/fd, for re-opening O_PATH fds
+	// procThread runs path-form xattr calls when the root has no /proc
+	// (Options.ProcSelfFD); nil: "/proc/self/fd/N" works as an absolute path.
+	procThread *procThread
 	// mountfd is the root opened O_RDONLY: open_by_handle_at's mount fd
 	// (it refuses O_PATH fds).
 	mountfd int
@@ -208,8 +216,12 @@ func New(o Options) (*FS, error) {
 		fs.Close()
 		return nil, fmt.Errorf("passthrough: %s: %w", what, e)
 	}
-	fs.procfd, err = unix.Open("/proc/self/fd", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
+	if o.ProcSelfFD > 0 {
+		fs.procfd = o.ProcSelfFD
+		if fs.procThread, err = startProcThread(fs.procfd); err != nil {
+			return fail("proc thread", err)
+		}
+	} else if fs.procfd, err = unix.Open("/proc/self/fd", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err != nil {
 		return fail("open /proc/self/fd", err)
 	}
 	rootfd, err := unix.Open(o.Root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
@@ -322,6 +334,10 @@ func (fs *FS) Close() error {
 	if fs.root != nil {
 		fs.root.kill()
 		fs.root = nil
+	}
+	if fs.procThread != nil {
+		fs.procThread.stop()
+		fs.procThread = nil
 	}
 	if fs.procfd >= 0 {
 		unix.Close(fs.procfd)

@@ -14,7 +14,9 @@ import (
 // re-opened through procfs, and the f*xattr calls. Other inodes (symlinks,
 // fifos, sockets, devices) cannot be opened safely (a fifo blocks, a device
 // is a device), so the path form runs on /proc/self/fd/N: that magic link
-// resolves to the inode itself, not to a symlink's target. The host's answer
+// resolves to the inode itself, not to a symlink's target. In the chroot
+// sandbox there is no /proc in the root: the call then runs on the
+// procThread, as "N" relative to an inherited /proc/self/fd. The host's answer
 // (ENOTSUP, EPERM for user.* on special files, ERANGE, ENODATA) goes back
 // unchanged.
 
@@ -22,6 +24,9 @@ import (
 type xattrTarget struct {
 	fd   int // >= 0: a real fd the caller closes
 	path string
+	// pt, when set, runs the path-form calls; path is then relative to its
+	// working directory, /proc/self/fd (chroot sandbox, see procthread.go).
+	pt *procThread
 }
 
 func (fs *FS) xattrTarget(in *inode) (xattrTarget, error) {
@@ -33,7 +38,19 @@ func (fs *FS) xattrTarget(in *inode) (xattrTarget, error) {
 		}
 		return xattrTarget{fd: fd}, nil
 	}
+	if fs.procThread != nil {
+		return xattrTarget{fd: -1, path: strconv.Itoa(in.fd), pt: fs.procThread}, nil
+	}
 	return xattrTarget{fd: -1, path: "/proc/self/fd/" + strconv.Itoa(in.fd)}, nil
+}
+
+// onPath runs a path-form call, on the proc thread when there is one.
+func (t xattrTarget) onPath(f func() (int, error)) (n int, err error) {
+	if t.pt == nil {
+		return f()
+	}
+	t.pt.do(func() { n, err = f() })
+	return n, err
 }
 
 func (t xattrTarget) close() {
@@ -46,28 +63,30 @@ func (t xattrTarget) get(name string, dst []byte) (int, error) {
 	if t.fd >= 0 {
 		return unix.Fgetxattr(t.fd, name, dst)
 	}
-	return unix.Getxattr(t.path, name, dst)
+	return t.onPath(func() (int, error) { return unix.Getxattr(t.path, name, dst) })
 }
 
 func (t xattrTarget) list(dst []byte) (int, error) {
 	if t.fd >= 0 {
 		return unix.Flistxattr(t.fd, dst)
 	}
-	return unix.Listxattr(t.path, dst)
+	return t.onPath(func() (int, error) { return unix.Listxattr(t.path, dst) })
 }
 
 func (t xattrTarget) set(name string, val []byte, flags int) error {
 	if t.fd >= 0 {
 		return unix.Fsetxattr(t.fd, name, val, flags)
 	}
-	return unix.Setxattr(t.path, name, val, flags)
+	_, err := t.onPath(func() (int, error) { return 0, unix.Setxattr(t.path, name, val, flags) })
+	return err
 }
 
 func (t xattrTarget) remove(name string) error {
 	if t.fd >= 0 {
 		return unix.Fremovexattr(t.fd, name)
 	}
-	return unix.Removexattr(t.path, name)
+	_, err := t.onPath(func() (int, error) { return 0, unix.Removexattr(t.path, name) })
+	return err
 }
 
 // xattrName takes a NUL-terminated attribute name off b.

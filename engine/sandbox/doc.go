@@ -1,8 +1,7 @@
 // Package sandbox confines the worker (vfsd worker) against a compromised
-// worker serving a hostile guest: --sandbox=namespace|none and the
-// capability drop (--modcaps). chroot is refused: the filesystem
-// (engine/passthrough) opens /proc/self/fd and xattr paths under /proc by
-// absolute path, which a chroot into the shared directory cannot provide.
+// worker serving a hostile guest: --sandbox=namespace|chroot|none and the
+// capability drop (--modcaps). The chroot sandbox is described in
+// chroot.go.
 //
 // # Stages
 //

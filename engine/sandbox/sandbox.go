@@ -22,19 +22,17 @@ type Mode string
 
 const (
 	Namespace Mode = "namespace" // own mount/pid/net/ipc/uts namespaces, pivot_root (the default)
-	Chroot    Mode = "chroot"    // refused: see ParseMode
+	Chroot    Mode = "chroot"    // chroot into the shared directory (chroot.go)
 	None      Mode = "none"      // no isolation; capabilities are still dropped
 )
 
 // ParseMode parses a --sandbox value.
 func ParseMode(s string) (Mode, error) {
 	switch Mode(s) {
-	case Namespace, None:
+	case Namespace, Chroot, None:
 		return Mode(s), nil
-	case Chroot:
-		return "", errors.New("not supported: the worker needs /proc/self/fd inside its root, which only the namespace sandbox can provide; use namespace or none")
 	}
-	return "", errors.New("want namespace or none")
+	return "", errors.New("want namespace, chroot or none")
 }
 
 const (
@@ -57,12 +55,13 @@ const (
 const CloneFlags = unix.CLONE_NEWNS | unix.CLONE_NEWPID | unix.CLONE_NEWNET | unix.CLONE_NEWIPC | unix.CLONE_NEWUTS
 
 // PrepareCmd returns the supervisor's hook for starting a worker in mode m:
-// the namespaces to create and a clean environment.
+// the namespaces to create and a clean environment (no inherited stage
+// variables: stage one sets them).
 func PrepareCmd(m Mode) func(*exec.Cmd) {
 	return func(cmd *exec.Cmd) {
 		env := cmd.Env[:0:0]
 		for _, kv := range cmd.Env {
-			if !strings.HasPrefix(kv, EnvStage+"=") {
+			if !strings.HasPrefix(kv, EnvStage+"=") && !strings.HasPrefix(kv, EnvProcFD+"=") && !strings.HasPrefix(kv, EnvRootID+"=") {
 				env = append(env, kv)
 			}
 		}
@@ -102,6 +101,9 @@ func Enter(cfg Config) (string, error) {
 	if os.Getenv(EnvStage) == "1" {
 		return verify(cfg)
 	}
+	if err := awaitIDMap(); err != nil { // --uid-map via newuidmap (userns.go)
+		return "", fmt.Errorf("sandbox: %w", err)
+	}
 	runtime.LockOSThread() // never unlocked: this thread execs
 	last, err := lastCap()
 	if err != nil {
@@ -112,10 +114,21 @@ func Enter(cfg Config) (string, error) {
 			return "", fmt.Errorf("sandbox: %w", err)
 		}
 	}
+	exefd := -1
+	var extra []string
+	if cfg.Mode == Chroot {
+		if exefd, extra, err = setupChroot(cfg.SharedDir, cfg.Caps); err != nil {
+			return "", fmt.Errorf("sandbox: %w", err)
+		}
+	}
 	if err := dropBounding(cfg.Caps, last); err != nil {
 		return "", fmt.Errorf("sandbox: %w", err)
 	}
-	env := append(os.Environ(), EnvStage+"=1")
+	env := append(append(os.Environ(), extra...), EnvStage+"=1")
+	if exefd >= 0 {
+		err = execFD(exefd, os.Args, env)
+		return "", fmt.Errorf("sandbox: re-exec the binary inside the chroot: %w", err)
+	}
 	err = unix.Exec("/proc/self/exe", os.Args, env)
 	return "", fmt.Errorf("sandbox: re-exec /proc/self/exe: %w", err)
 }
@@ -131,7 +144,10 @@ func verify(cfg Config) (string, error) {
 	if extra := (prm | eff) &^ cfg.Caps; extra != 0 {
 		return "", fmt.Errorf("sandbox: capabilities %s were not dropped", extra)
 	}
-	if cfg.Mode != Namespace {
+	switch cfg.Mode {
+	case Chroot:
+		return verifyChroot()
+	case None:
 		return cfg.SharedDir, nil
 	}
 	var st unix.Statfs_t
@@ -223,14 +239,20 @@ func setupNamespace(shared string) error {
 		// must name every worker, and each restarted worker has a pid
 		// namespace of its own, so a procfs of the first worker's pid
 		// namespace would not do.
-		if err := unix.Mount("/proc", top+ProcPath, "", unix.MS_BIND, ""); err != nil {
+		err := unix.Mount("/proc", top+ProcPath, "", unix.MS_BIND, "")
+		if err == unix.EINVAL {
+			// In a user namespace /proc's submounts are locked to
+			// it: only a recursive bind may copy it (userns.go).
+			err = unix.Mount("/proc", top+ProcPath, "", unix.MS_BIND|unix.MS_REC, "")
+		}
+		if err != nil {
 			return fmt.Errorf("bind /proc: %w", err)
 		}
 		if err := bindLoader(top); err != nil {
 			return err
 		}
 		ro := uintptr(unix.MS_REMOUNT | unix.MS_BIND | unix.MS_RDONLY | unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC)
-		if err := unix.Mount("", top+ProcPath, "", ro, ""); err != nil {
+		if err := unix.Mount("", top+ProcPath, "", remountFlags(top+ProcPath, ro), ""); err != nil {
 			return fmt.Errorf("remount /proc read-only: %w", err)
 		}
 		return nil
@@ -361,7 +383,7 @@ func bindLoader(top string) error {
 			return fmt.Errorf("bind %s: %w", b.src, err)
 		}
 		fl := uintptr(unix.MS_REMOUNT | unix.MS_BIND | unix.MS_RDONLY | unix.MS_NOSUID | unix.MS_NODEV)
-		if err := unix.Mount("", dst, "", fl, ""); err != nil {
+		if err := unix.Mount("", dst, "", remountFlags(dst, fl), ""); err != nil {
 			return fmt.Errorf("remount %s read-only: %w", b.dst, err)
 		}
 	}

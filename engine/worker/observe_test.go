@@ -14,7 +14,7 @@ func TestCheckAddr(t *testing.T) {
 	for addr, ok := range map[string]bool{
 		"127.0.0.1:6060": true, "127.1.2.3:0": true, "[::1]:6060": true, "localhost:6060": true,
 		"unix:/run/vfsd/m.sock": true,
-		"0.0.0.0:6060": false, ":6060": false, "10.0.0.1:6060": false, "[::]:6060": false,
+		"0.0.0.0:6060":          false, ":6060": false, "10.0.0.1:6060": false, "[::]:6060": false,
 		"example.com:80": false, "127.0.0.1": false, "127.0.0.1:99999": false, "unix:": false, "unix:rel.sock": false,
 	} {
 		if err := CheckAddr(addr); (err == nil) != ok {

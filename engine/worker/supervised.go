@@ -98,7 +98,8 @@ func runSupervised(ctx context.Context, o Options, log *slog.Logger) error {
 	}
 	po := passthrough.Options{Root: o.SharedDir, Cache: o.Cache, Xattr: !o.NoXattr,
 		Writeback: o.Writeback, AllowDirectIO: o.AllowDirectIO,
-		Queues: journalQueues(o.RequestQueues), FDStore: counted}
+		Queues: journalQueues(o.RequestQueues), FDStore: counted,
+		ProcSelfFD: sandbox.ProcSelfFD()} // > 0 in the chroot sandbox only
 	if resume {
 		po.Resume = byName // the filesystem owns them from here on
 	} else {

@@ -412,7 +412,7 @@ func ModuleRoot() (string, error) {
 	return filepath.Dir(mod), nil
 }
 
-// BuildVfsd builds ./cmd/vfsd into dir and returns the binary's path.
+// BuildVfsd builds ./cmd/vfsd (static) into dir and returns the binary's path.
 func BuildVfsd(dir string) (string, error) {
 	root, err := ModuleRoot()
 	if err != nil {
@@ -421,6 +421,9 @@ func BuildVfsd(dir string) (string, error) {
 	bin := filepath.Join(dir, "vfsd")
 	cmd := exec.Command("go", "build", "-o", bin, "./cmd/vfsd")
 	cmd.Dir = root
+	// Statically linked, as `make build` builds it: --sandbox=chroot
+	// cannot reach a dynamic loader from inside the shared directory.
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("go build ./cmd/vfsd: %w\n%s", err, out)
 	}

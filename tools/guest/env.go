@@ -101,6 +101,7 @@ func DaemonBinary(ctx context.Context, root, daemon, outDir string) (string, err
 		defer cancel()
 		cmd := exec.CommandContext(ctx, "go", "build", "-o", out, "./cmd/vfsd")
 		cmd.Dir = root
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0") // static, as make build
 		if b, err := cmd.CombinedOutput(); err != nil {
 			return "", fmt.Errorf("go build ./cmd/vfsd: %w\n%s", err, b)
 		}
