@@ -7,11 +7,17 @@ import (
 	"log/slog"
 	"log/syslog"
 	"net"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
+
+	"vfsd/engine/sandbox"
 )
 
 // The command lines the launchers build, replayed: libvirt's
@@ -115,8 +121,19 @@ func TestRefusedOptions(t *testing.T) {
 		{[]string{"-o", "security_label"}, "not supported: vfsd does not offer security labels"},
 		{[]string{"--xattrmap=:map::user.virtiofs.:"}, "--xattrmap: not supported"},
 		{[]string{"-o", "xattrmap=:map::user.virtiofs.:"}, "-o xattrmap: not supported"},
-		{[]string{"--uid-map=:0:100000:65536:"}, "--uid-map: not supported"},
-		{[]string{"--gid-map=:0:100000:65536:"}, "--gid-map: not supported"},
+		// --uid-map/--gid-map (engine/sandbox/userns.go): accepted with
+		// the supervised namespace sandbox, refused otherwise.
+		{[]string{"--uid-map=:0:100000:65536:"}, "--uid-map and --gid-map go together"},
+		{[]string{"--gid-map=:0:100000:65536:"}, "--uid-map and --gid-map go together"},
+		{[]string{"--uid-map=:0:100000:65536:", "--gid-map=:0:100000:65536:", "--no-supervisor"},
+			"--uid-map/--gid-map need the supervisor"},
+		{[]string{"--uid-map=:0:100000:65536:", "--gid-map=:0:100000:65536:", "--sandbox=none"},
+			"--uid-map/--gid-map need --sandbox=namespace"},
+		{[]string{"--uid-map=:1:100000:10:", "--gid-map=:0:100000:10:"}, "namespace id 0 must be mapped"},
+		{[]string{"--uid-map=:0:100000:10:", "--uid-map=:5:200000:10:", "--gid-map=:0:100000:10:"},
+			"the namespace ranges overlap"},
+		{[]string{"--uid-map=:0:100000:10:", "--uid-map=:10:100005:10:", "--gid-map=:0:100000:10:"},
+			"the host ranges overlap"},
 		{[]string{"--translate-uid=map:0:1000:1"}, "--translate-uid: not supported"},
 		{[]string{"--translate-gid=map:0:1000:1"}, "--translate-gid: not supported"},
 		{[]string{"--inode-file-handles=mandatory"}, "--inode-file-handles=mandatory: not supported"},
@@ -132,6 +149,13 @@ func TestRefusedOptions(t *testing.T) {
 		{[]string{"--allow-mmap", "-o", "cache=metadata"}, "--allow-mmap with --cache=metadata: not supported"},
 		// Malformed values are errors too, before any refusal.
 		{[]string{"--uid-map=0:1:2"}, "want :namespace_id:host_id:count:"},
+		{[]string{"--gid-map=:0:1:2"}, "want :namespace_id:host_id:count:"},
+		{[]string{"--uid-map=:0:1:2:3:"}, "want :namespace_id:host_id:count:"},
+		{[]string{"--uid-map=:-1:1:2:"}, "want :namespace_id:host_id:count:"},
+		{[]string{"--uid-map=:0:x:2:"}, "want :namespace_id:host_id:count:"},
+		{[]string{"--uid-map=:0:4294967296:1:"}, "want :namespace_id:host_id:count:"},
+		{[]string{"--uid-map=:0:100000:0:"}, "count must be at least 1"},
+		{[]string{"--uid-map=:0:4294967290:10:"}, "the range passes 4294967294"},
 		{[]string{"--inode-file-handles=sometimes"}, "want never, prefer or mandatory"},
 		{[]string{"--posix-acl=maybe"}, "want never, auto or always"},
 		{[]string{"--xattr=false"}, "takes no value"},
@@ -309,5 +333,39 @@ func TestSyslogHandler(t *testing.T) {
 		if !strings.HasPrefix(m, w.prio) || !strings.Contains(m, w.text) || strings.Contains(m, "time=") {
 			t.Fatalf("syslog got %q, want %s ... %s", m, w.prio, w.text)
 		}
+	}
+}
+
+// --uid-map/--gid-map are accepted with the supervised namespace sandbox,
+// more than once, and reach the worker's start (not its command line).
+func TestUidMapAccepted(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("as root any host ids may be mapped")
+	}
+	c, err := parseArgs([]string{"--shared-dir=/srv", "--uid-map=:0:100000:1000:", "--uid-map=:1000:200000:10:",
+		"--gid-map=:0:100000:65536:"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []sandbox.IDMap{{Inside: 0, Host: 100000, Count: 1000}, {Inside: 1000, Host: 200000, Count: 10}}
+	if !slices.Equal(c.userns.UIDs, want) || len(c.userns.GIDs) != 1 {
+		t.Fatalf("maps %v %v", c.userns.UIDs, c.userns.GIDs)
+	}
+	for _, a := range c.workerArgs() {
+		if strings.Contains(a, "-map") {
+			t.Fatalf("worker argument %q", a)
+		}
+	}
+	cmd := exec.Command("/bin/true")
+	cmd.Env = []string{sandbox.EnvIDMapFD + "=7", "A=1"}
+	c.prepareWorker()(cmd)
+	a := cmd.SysProcAttr
+	if a == nil || a.Cloneflags&unix.CLONE_NEWUSER == 0 || a.Cloneflags&sandbox.CloneFlags != sandbox.CloneFlags ||
+		len(a.UidMappings) != 2 || len(a.GidMappings) != 1 || !a.GidMappingsEnableSetgroups ||
+		a.Credential == nil || a.Credential.Uid != 0 || a.Credential.Gid != 0 {
+		t.Fatalf("SysProcAttr %+v", a)
+	}
+	if !slices.Equal(cmd.Env, []string{"A=1"}) {
+		t.Fatalf("env %q", cmd.Env)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os/exec"
 	"regexp"
 	"strconv"
 	"strings"
@@ -32,6 +33,8 @@ type config struct {
 	sandboxExplicit bool
 	modcaps         string
 	allowMmap       bool // --allow-mmap (checked against --cache)
+	// userns: --uid-map/--gid-map (engine/sandbox/userns.go).
+	userns sandbox.UserNS
 
 	// Supervisor mode (the default): the process that holds the frontend
 	// connection and restarts the worker.
@@ -219,12 +222,19 @@ func newFlagSet(c *config) *flag.FlagSet {
 	// yet, so only the settings that ask for none are accepted.
 	fs.Func("sandbox", "", c.setSandbox)
 	fs.Func("modcaps", "", func(s string) error { return c.setModcaps("--modcaps", s) })
-	for _, name := range []string{"uid-map", "gid-map"} {
-		fs.Func(name, "", func(s string) error {
-			if !idMapRE.MatchString(s) {
-				return errors.New("want :namespace_id:host_id:count:")
+	for _, m := range []struct {
+		name string
+		p    *[]sandbox.IDMap
+	}{{"uid-map", &c.userns.UIDs}, {"gid-map", &c.userns.GIDs}} {
+		fs.Func(m.name, "", func(s string) error {
+			im, err := sandbox.ParseIDMap(s)
+			if err != nil {
+				return err
 			}
-			c.refuse("--"+name, "not supported: vfsd has no user-namespace sandbox (run it as root)")
+			if len(*m.p) >= sandbox.MaxIDMaps {
+				return fmt.Errorf("at most %d mappings (the kernel's limit)", sandbox.MaxIDMaps)
+			}
+			*m.p = append(*m.p, im)
 			return nil
 		})
 	}
@@ -269,8 +279,6 @@ const (
 	errMigration     = "vfsd does not support migration (it does not advertise migrate-precopy)"
 	errTimeout       = "vfsd's entry and attribute timeouts follow --cache (never 0, auto 1 s, metadata and always 1 day)"
 )
-
-var idMapRE = regexp.MustCompile(`^:[0-9]+:[0-9]+:[0-9]+:$`)
 
 // refuse records that opt cannot be honoured (the first one is reported).
 func (c *config) refuse(opt, why string) {
@@ -373,6 +381,9 @@ func (c *config) setLevel(s string) error {
 // crossCheck refuses combinations vfsd cannot honour.
 func (c *config) crossCheck() error {
 	if err := c.checkSandbox(); err != nil {
+		return err
+	}
+	if err := c.checkUserns(); err != nil {
 		return err
 	}
 	if c.allowMmap && (c.Cache == "never" || c.Cache == "metadata") {
@@ -488,4 +499,28 @@ func (c *config) controlPath() string {
 		return c.SocketPath + ".ctl"
 	}
 	return ""
+}
+
+// checkUserns checks --uid-map/--gid-map: they need the supervised
+// namespace sandbox (the worker is started in a new user namespace owning
+// its other namespaces), both lists, and an unprivileged caller either its
+// own ids only or newuidmap/newgidmap (sandbox.UserNS.Check).
+func (c *config) checkUserns() error {
+	if !c.userns.Enabled() {
+		return nil
+	}
+	if c.NoSupervisor {
+		return errors.New("--uid-map/--gid-map need the supervisor (it starts each worker in a new user namespace); not with --no-supervisor")
+	}
+	if m := c.sandboxMode(); m != sandbox.Namespace {
+		return fmt.Errorf("--uid-map/--gid-map need --sandbox=namespace (the user namespace owns the worker's other namespaces), not --sandbox=%s", m)
+	}
+	return c.userns.Check()
+}
+
+// withUserns wraps the PrepareWorker hook base with the user namespace of
+// --uid-map/--gid-map (nothing without them).
+func (c *config) withUserns(base func(*exec.Cmd)) func(*exec.Cmd) {
+	c.userns.Log = c.Logger
+	return c.userns.Prepare(base)
 }

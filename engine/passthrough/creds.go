@@ -1,7 +1,11 @@
 package passthrough
 
 import (
+	"os"
 	"runtime"
+	"strconv"
+	"strings"
+	"sync"
 
 	"golang.org/x/sys/unix"
 )
@@ -12,6 +16,16 @@ import (
 // fsuid also drops the fs capabilities (CAP_DAC_OVERRIDE, CAP_CHOWN,
 // CAP_MKNOD, ...) for the thread, so the host checks the guest user's rights
 // on the parent directory, as virtiofsd does.
+//
+// In a user namespace (--uid-map/--gid-map, engine/sandbox/userns.go) an id
+// the namespace does not map cannot be switched to: setfsuid/setfsgid leave
+// the thread's id as it was. asUser then answers EOVERFLOW, the kernel's
+// own errno for a caller whose fsuid/fsgid has no mapping where a new inode
+// would need one (may_o_create, vfs_mknod: "value too large for defined data
+// type"); the request never runs under another id. EPERM remains the answer
+// when the id is mapped but the switch is refused (no CAP_SETUID/SETGID).
+// Host files owned by an unmapped id show as the overflow id
+// (/proc/sys/kernel/overflowuid, 65534) in attributes: kernel behaviour.
 
 // asUser switches the calling thread's fsuid/fsgid to uid/gid. On success the
 // caller must call fs.asSelf exactly once.
@@ -24,14 +38,14 @@ func (fs *FS) asUser(uid, gid uint32) error {
 	if cur, _, _ := unix.RawSyscall(unix.SYS_SETFSGID, ^uintptr(0), 0, 0); uint32(cur) != gid {
 		unix.RawSyscall(unix.SYS_SETFSGID, uintptr(fs.egid), 0, 0)
 		runtime.UnlockOSThread()
-		return unix.EPERM
+		return switchErr(gidMaps, gid)
 	}
 	unix.RawSyscall(unix.SYS_SETFSUID, uintptr(uid), 0, 0)
 	if cur, _, _ := unix.RawSyscall(unix.SYS_SETFSUID, ^uintptr(0), 0, 0); uint32(cur) != uid {
 		unix.RawSyscall(unix.SYS_SETFSUID, uintptr(fs.euid), 0, 0)
 		unix.RawSyscall(unix.SYS_SETFSGID, uintptr(fs.egid), 0, 0)
 		runtime.UnlockOSThread()
-		return unix.EPERM
+		return switchErr(uidMaps, uid)
 	}
 	return nil
 }
@@ -41,4 +55,69 @@ func (fs *FS) asSelf() {
 	unix.RawSyscall(unix.SYS_SETFSUID, uintptr(fs.euid), 0, 0)
 	unix.RawSyscall(unix.SYS_SETFSGID, uintptr(fs.egid), 0, 0)
 	runtime.UnlockOSThread()
+}
+
+// idMaps is this process's uid_map or gid_map, read once (it is written
+// before the worker runs and never changes).
+type idMaps struct {
+	once sync.Once
+	path string
+	ext  [][3]uint64 // inside, outside, count
+	ok   bool
+}
+
+var (
+	uidMaps = &idMaps{path: "/proc/self/uid_map"}
+	gidMaps = &idMaps{path: "/proc/self/gid_map"}
+)
+
+// mapped reports whether id has a mapping in this process's user namespace
+// (true when the map cannot be read: the caller then answers EPERM).
+func (m *idMaps) mapped(id uint32) bool {
+	m.once.Do(func() {
+		b, err := os.ReadFile(m.path)
+		if err != nil {
+			return
+		}
+		m.ext, m.ok = parseIDMap(string(b)), true
+	})
+	if !m.ok {
+		return true
+	}
+	for _, e := range m.ext {
+		if uint64(id) >= e[0] && uint64(id)-e[0] < e[2] {
+			return true
+		}
+	}
+	return false
+}
+
+// parseIDMap parses the lines of /proc/PID/uid_map ("inside outside count").
+func parseIDMap(s string) [][3]uint64 {
+	var out [][3]uint64
+	for _, l := range strings.Split(s, "\n") {
+		f := strings.Fields(l)
+		if len(f) != 3 {
+			continue
+		}
+		var e [3]uint64
+		bad := false
+		for i := range f {
+			n, err := strconv.ParseUint(f[i], 10, 64)
+			bad = bad || err != nil
+			e[i] = n
+		}
+		if !bad {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// switchErr is asUser's answer when the switch to id did not happen.
+func switchErr(m *idMaps, id uint32) error {
+	if !m.mapped(id) {
+		return unix.EOVERFLOW
+	}
+	return unix.EPERM
 }
