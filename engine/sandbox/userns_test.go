@@ -209,7 +209,7 @@ func TestUserNSHelpers(t *testing.T) {
 			newuidmap: fakeHelper(t, dir, "newuidmap", rec, code), newgidmap: fakeHelper(t, dir, "newgidmap", rec, 0)}
 		// The stand-in worker: ask on the fd named in VFSD_IDMAP_FD, print
 		// the answer, then linger (a killed one never prints).
-		cmd := exec.Command("sh", "-c", `printf '?' >&$`+EnvIDMapFD+`; head -c1 <&$`+EnvIDMapFD+`; echo; sleep 5`)
+		cmd := exec.Command("sh", "-c", `printf '?' >&$`+EnvIDMapFD+`; a=$(head -c1 <&$`+EnvIDMapFD+`); [ "$a" = k ] && { echo k; exit 0; }; sleep 5`)
 		cmd.ExtraFiles = []*os.File{os.Stdin} // an fd the supervisor set up: the socket comes after it
 		cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
 		u.Prepare(func(*exec.Cmd) {})(cmd)
