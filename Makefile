@@ -37,7 +37,7 @@ GUEST_TIMEOUT ?= 15m
 # Binaries besides vfsd: every tools/* command that exists (package main).
 TOOL_CMDS = $(shell $(GO) list -f '{{if eq .Name "main"}}{{.ImportPath}}{{end}}' ./tools/... ./bench/... 2>/dev/null | grep -v '^vfsd/tools/guest/cmd/')
 
-.PHONY: all deps deps-apt deps-go kernel build initramfs test test-unit test-guest test-guest-ref \
+.PHONY: all deps deps-apt deps-go kernel build initramfs test test-unit test-fuzz test-guest test-audit test-guest-ref \
 	demo bench clean
 
 all: build initramfs
@@ -95,17 +95,19 @@ $(INITRAMFS): $(KERNEL_DIR)/release tools/guest/init tools/guest/mkinitramfs.sh
 # Both halves run even when the first fails; the exit status is a failure if
 # either failed. Skipped tests are listed at the end (never silent).
 test: deps
-	@rc=0; \
-	$(MAKE) --no-print-directory test-unit || rc=1; \
-	$(MAKE) --no-print-directory test-guest || rc=2$$rc; \
+	@rc=0; fails=; \
+	rm -f $(AUDIT_FILES); \
+	$(MAKE) --no-print-directory test-unit || fails="$$fails test-unit"; \
+	$(MAKE) --no-print-directory test-fuzz || fails="$$fails test-fuzz"; \
+	$(MAKE) --no-print-directory test-guest || fails="$$fails test-guest"; \
+	$(MAKE) --no-print-directory test-audit || fails="$$fails test-audit"; \
 	echo; echo "==== make test summary"; \
 	grep -h -- '--- SKIP' $(BUILD)/test-unit.log $(BUILD)/test-guest.log 2>/dev/null | sed 's/^ */skipped: /' || true; \
-	case $$rc in \
-	0) echo "make test: PASS (unit, host end-to-end and guest tests)";; \
-	1) echo "make test: FAIL in test-unit (guest tests passed)";; \
-	2*) echo "make test: FAIL in test-guest$$( [ $$rc = 21 ] && echo ' and test-unit')";; \
-	esac; \
-	[ $$rc = 0 ]
+	if [ -z "$$fails" ]; then \
+		echo "make test: PASS (unit, host end-to-end, fuzz, guest tests and the syscall audit)"; \
+	else \
+		echo "make test: FAIL in$$fails"; exit 1; \
+	fi
 
 # Unit and host end-to-end tests. The guest boot tests in tools/guest skip here
 # (VFSD_GUEST_BOOT=0, they say so) because test-guest runs them right after.
@@ -114,7 +116,12 @@ test-unit:
 	@mkdir -p $(BUILD)
 	$(GO) vet ./...
 	$(GO) build -o $(BUILD)/testsum ./.ci/testsum
-	VFSD_GUEST_BOOT=0 $(GO) test -json -timeout $(UNIT_TIMEOUT) ./... 2>&1 | $(BUILD)/testsum -log $(BUILD)/test-unit.log
+	$(GO) build -o $(BUILD)/sysaudit ./tools/sysaudit
+	@# Both runs always happen; testsum judges them from the test events.
+	{ VFSD_GUEST_BOOT=0 $(GO) test -json -timeout $(UNIT_TIMEOUT) $$($(GO) list ./... | grep -v -x -e vfsd/tools/e2e -e vfsd/tools/crash) || true; \
+	  $(AUDIT) -save $(BUILD)/audit-host.json -- \
+	    $(GO) test -json -count=1 -timeout $(UNIT_TIMEOUT) ./tools/e2e ./tools/crash || true; \
+	} 2>&1 | $(BUILD)/testsum -log $(BUILD)/test-unit.log
 
 # The guest tests (TestGuest: the full step list; TestGuestWorkerCrash: vfsd's
 # worker killed during I/O). VFSD_GUEST_REQUIRED=1 turns a missing kernel,
@@ -127,7 +134,35 @@ test-guest: initramfs
 	VFSD_GUEST_DAEMON=$(DAEMON) VFSD_BIN=$(abspath $(VFSD_BIN)) \
 	VFSD_GUEST_KERNEL=$(abspath $(KERNEL_DIR)/vmlinuz) VFSD_GUEST_INITRAMFS=$(abspath $(INITRAMFS)) \
 	VFSD_GUEST_REQUIRED=1 \
+		$(AUDIT) -save $(BUILD)/audit-guest.json -- \
 		$(GO) test -count=1 -v -timeout $(GUEST_TIMEOUT) -run 'TestGuest' ./tools/guest 2>&1 | tee $(BUILD)/test-guest.log
+
+# The syscall audit (tools/sysaudit, eBPF on raw_syscalls:sys_enter): the
+# host end-to-end and crash tests (test-unit) and the guest tests
+# (test-guest) run under it, each saving the syscalls vfsd's workers made
+# after installing their seccomp filter; this judges the union: a syscall
+# outside the allowlist, or an allowlist entry never used (unless marked
+# Rare in seccomp/rules.go, with the reason), fails. Where BPF is
+# unavailable (not root, old kernel) the runs say so and this reports
+# SKIPPED. Run test-unit and test-guest first.
+AUDIT = $(BUILD)/sysaudit -optional -q
+AUDIT_FILES = $(BUILD)/audit-host.json $(BUILD)/audit-guest.json
+test-audit:
+	$(GO) build -o $(BUILD)/sysaudit ./tools/sysaudit
+	$(BUILD)/sysaudit -strict -merge $(AUDIT_FILES)
+
+# Every fuzz target runs for FUZZTIME on top of its committed corpus
+# (testdata/fuzz); `go test` alone replays only the corpus.
+FUZZTIME ?= 10s
+FUZZ_TARGETS = vring:FuzzPop vring/inflight:FuzzResume engine/fuse:FuzzDecode \
+	engine/vhostuser:FuzzMessage engine/passthrough:FuzzHandle maptable:FuzzOpen engine/journal:FuzzJournalMap
+test-fuzz:
+	@for t in $(FUZZ_TARGETS); do \
+		pkg=./$${t%%:*}; fn=$${t##*:}; \
+		echo "go test -run '^$$' -fuzz '^$$fn\$$' -fuzztime $(FUZZTIME) $$pkg"; \
+		if out=$$($(GO) test -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 1s $$pkg 2>&1); \
+		then echo "$$out" | grep -E '^(fuzz: elapsed|ok)' | tail -n 2; else echo "$$out"; exit 1; fi; \
+	done
 
 # The same guest tests against the reference daemon, to tell a rig problem from a vfsd one.
 test-guest-ref:
