@@ -383,6 +383,11 @@ func (q *Queue) EnableNotify() bool {
 	return ring.Load16(q.avail, 2) != q.lastAvail
 }
 
+// HasAvail reports whether the driver has made chains available beyond
+// LastAvail: one load of avail.idx, for polling with notifications
+// disabled (Pop re-reads it with the proper ordering).
+func (q *Queue) HasAvail() bool { return ring.Load16(q.avail, 2) != q.lastAvail }
+
 // SetInflight turns on inflight tracking for a queue that starts afresh
 // (first start, or after a device reset): iq is initialized with nothing in
 // flight and used_idx = UsedIdx(). From then on Pop marks every head it

@@ -131,6 +131,17 @@ func newFlagSet(c *config) *flag.FlagSet {
 	})
 	fs.Func("cache", "", c.setCache)
 	fs.Func("thread-pool-size", "", c.setPool)
+	fs.Func("poll-max", "", func(s string) error {
+		d, err := time.ParseDuration(s)
+		if s == "0" {
+			d, err = 0, nil
+		}
+		if err != nil || d < 0 || d > time.Millisecond {
+			return errors.New("want a duration from 0 (off) to 1ms, e.g. 50us")
+		}
+		c.PollMax = d
+		return nil
+	})
 	intFlag("num-request-queues", &c.RequestQueues, 1)
 	fs.Func("log-level", "", c.setLevel)
 	switchFlag("d", func() { c.LogLevel = slog.LevelDebug })
@@ -464,6 +475,7 @@ func (c *config) workerArgs() []string {
 		"--shared-dir=" + c.SharedDir,
 		"--cache=" + c.Cache,
 		"--thread-pool-size=" + strconv.Itoa(c.PoolSize),
+		"--poll-max=" + c.PollMax.String(),
 		"--num-request-queues=" + strconv.Itoa(c.RequestQueues),
 		"--log-level=" + levelName(c.LogLevel),
 		"--seccomp=" + c.Seccomp.String(),

@@ -25,6 +25,9 @@ type Options struct {
 	// Metrics, when not nil, receives per-queue figures (engine/metrics):
 	// requests by opcode, errors, latency, batch sizes, inflight.
 	Metrics *metrics.Registry
+	// PollMax is the largest adaptive polling window of a queue that ran
+	// dry (poll.go): 0 means DefaultPollMax, negative turns polling off.
+	PollMax time.Duration
 }
 
 // Canceller is implemented by handlers whose blocking requests can wait

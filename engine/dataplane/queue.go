@@ -44,6 +44,8 @@ type queue struct {
 
 	m *metrics.Queue // nil: no metrics
 
+	poller poller // adaptive polling when the ring runs dry (poll.go)
+
 	// blocking counts the queue's requests on the pool (pendingCur +
 	// pendingOld), for StopQueue to read from the device goroutine.
 	blocking atomic.Int32
@@ -108,7 +110,8 @@ func newQueue(d *Dataplane, i int, c vhostuser.QueueConfig) (q *queue, err error
 		return nil, fmt.Errorf("dataplane: queue %d: %w", i, err)
 	}
 	nq := &queue{d: d, idx: i, vq: vq, kick: c.Kick, call: c.Call, errFD: c.Err,
-		ctl: -1, done: -1, epfd: -1, exited: make(chan struct{}), m: d.o.Metrics.Queue(i)}
+		ctl: -1, done: -1, epfd: -1, exited: make(chan struct{}), m: d.o.Metrics.Queue(i),
+		poller: poller{max: d.pollMax()}}
 	q = nq
 	defer func() {
 		if err != nil {
@@ -242,6 +245,7 @@ func (q *queue) run() {
 			fd := int(ev.Fd)
 			if fd == q.kick {
 				work = true
+				q.poller.woke()
 			}
 			drainEventfd(fd, q.evbuf[:])
 		}
@@ -440,9 +444,14 @@ func (q *queue) drain() bool {
 		if budget == 0 {
 			return true
 		}
-		if !q.vq.EnableNotify() {
-			return false
+		if q.poller.poll(q.vq.HasAvail) {
+			q.poller.woke()
+			continue // notifications stayed off: the driver did not kick
 		}
+		if !q.vq.EnableNotify() {
+			return false // sleep; run calls woke on the kick
+		}
+		q.poller.woke()
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -33,6 +34,9 @@ type Options struct {
 	Cache         string // one of CacheModes
 	RequestQueues int    // request virtqueues besides hiprio, 1..MaxRequestQueues
 	PoolSize      int    // goroutines for blocking requests, 1..MaxPoolSize
+	// PollMax caps each queue's adaptive polling window before it sleeps
+	// (engine/dataplane poll.go); 0 turns polling off.
+	PollMax time.Duration
 
 	// Supervised: this worker is a child of engine/supervisor (vfsd's
 	// default mode): the connection is ConnFD, state memfds and open fds go
@@ -67,7 +71,8 @@ type Options struct {
 // DefaultOptions returns the defaults: cache auto, one request queue, a
 // pool of dataplane.DefaultPoolSize, no socket.
 func DefaultOptions() Options {
-	return Options{ListenFD: -1, ConnFD: -1, Cache: "auto", RequestQueues: 1, PoolSize: dataplane.DefaultPoolSize}
+	return Options{ListenFD: -1, ConnFD: -1, Cache: "auto", RequestQueues: 1, PoolSize: dataplane.DefaultPoolSize,
+		PollMax: dataplane.DefaultPollMax}
 }
 
 // Validate checks o: one connection source, a shared directory that exists

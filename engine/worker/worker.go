@@ -178,7 +178,11 @@ func serve(ctx context.Context, fd int, fs *passthrough.FS, o Options, log *slog
 			reg = metrics.NewCounting(st.reqs)
 		}
 	}
-	dp, err := dataplane.New(dataplane.Options{Handler: fs, PoolSize: o.PoolSize, Logger: log, Metrics: reg})
+	pollMax := o.PollMax
+	if pollMax == 0 {
+		pollMax = -1 // dataplane: negative is off
+	}
+	dp, err := dataplane.New(dataplane.Options{Handler: fs, PoolSize: o.PoolSize, Logger: log, Metrics: reg, PollMax: pollMax})
 	if err != nil {
 		return err
 	}

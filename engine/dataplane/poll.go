@@ -1,0 +1,74 @@
+package dataplane
+
+import "time"
+
+// Adaptive polling before sleeping. When a queue runs dry, its thread keeps
+// notifications off and watches avail.idx for up to window before it
+// re-enables them and sleeps in epoll_wait: a request that comes within the
+// window costs neither the driver's kick (an eventfd write, and for QEMU a
+// vmexit-free path) nor this thread's wake-up and the Go runtime's
+// syscall hand-off, which dominate a depth-1 request's latency.
+//
+// The window adapts like KVM's halt polling: idle periods that ended inside
+// the window leave it; ones that ended after it but before max grow it
+// (from minPoll, doubling); ones longer than max shrink it (halving, to 0
+// below minPoll). CPU spent polling is thus bounded by what it saves: a
+// queue whose requests come further apart than max stops polling after a
+// few idle periods. Options.PollMax < 0 turns polling off.
+const (
+	minPoll = 5 * time.Microsecond
+	// DefaultPollMax is the largest window when Options.PollMax is 0.
+	DefaultPollMax = 200 * time.Microsecond
+)
+
+type poller struct {
+	window, max time.Duration
+	idleSince   time.Time // when the queue last ran dry (zero: busy)
+}
+
+// poll spins for the current window; it reports whether avail() became
+// true. Queue thread only.
+func (p *poller) poll(avail func() bool) bool {
+	p.idleSince = time.Now()
+	if p.window == 0 {
+		return false
+	}
+	for {
+		if avail() {
+			return true
+		}
+		if time.Since(p.idleSince) >= p.window {
+			return false
+		}
+	}
+}
+
+// woke records the end of an idle period (work found after a sleep, or by
+// poll) and adapts the window.
+func (p *poller) woke() {
+	if p.idleSince.IsZero() || p.max == 0 {
+		return
+	}
+	idle := time.Since(p.idleSince)
+	p.idleSince = time.Time{}
+	switch {
+	case idle <= p.window:
+	case idle < p.max:
+		p.window = min(max(2*p.window, minPoll), p.max)
+	default:
+		if p.window /= 2; p.window < minPoll {
+			p.window = 0
+		}
+	}
+}
+
+// pollMax is the polling cap from Options.PollMax.
+func (d *Dataplane) pollMax() time.Duration {
+	switch {
+	case d.o.PollMax < 0:
+		return 0
+	case d.o.PollMax == 0:
+		return DefaultPollMax
+	}
+	return d.o.PollMax
+}

@@ -1,0 +1,62 @@
+package dataplane
+
+import (
+	"testing"
+	"time"
+)
+
+// The window grows while idle periods end inside max, stays while they end
+// inside it, and collapses to 0 when they last longer than max.
+func TestPollerAdapts(t *testing.T) {
+	p := poller{max: 40 * time.Microsecond}
+	idle := func(d time.Duration) {
+		p.idleSince = time.Now().Add(-d)
+		p.woke()
+	}
+	if p.poll(func() bool { return true }) {
+		t.Fatal("a zero window polled")
+	}
+	p.idleSince = time.Time{}
+	idle(20 * time.Microsecond)
+	if p.window != minPoll {
+		t.Fatalf("after a short idle: window %v, want %v", p.window, minPoll)
+	}
+	for i := 0; i < 10; i++ {
+		idle(30 * time.Microsecond)
+	}
+	if p.window != p.max {
+		t.Fatalf("window %v after short idles, want the cap %v", p.window, p.max)
+	}
+	idle(10 * time.Microsecond)
+	if p.window != p.max {
+		t.Fatalf("an idle inside the window changed it: %v", p.window)
+	}
+	for i := 0; i < 5; i++ {
+		idle(time.Millisecond)
+	}
+	if p.window != 0 {
+		t.Fatalf("window %v after long idles, want 0", p.window)
+	}
+	off := poller{}
+	off.idleSince = time.Now().Add(-time.Microsecond)
+	off.woke()
+	if off.window != 0 {
+		t.Fatal("polling off (max 0) grew a window")
+	}
+}
+
+// poll returns as soon as work shows up, and gives up after the window.
+func TestPollerPoll(t *testing.T) {
+	p := poller{max: time.Millisecond, window: 200 * time.Microsecond}
+	n := 0
+	if !p.poll(func() bool { n++; return n == 3 }) {
+		t.Fatal("poll missed work")
+	}
+	start := time.Now()
+	if p.poll(func() bool { return false }) {
+		t.Fatal("poll found work in an empty ring")
+	}
+	if d := time.Since(start); d < p.window {
+		t.Fatalf("gave up after %v, window %v", d, p.window)
+	}
+}
