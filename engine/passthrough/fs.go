@@ -130,7 +130,9 @@ type FS struct {
 	// that have no in-memory inode or handle yet.
 	lazy      bool
 	storeErrs atomic.Uint64
-	dirCache  atomic.Int64 // bytes in dirState.rest of all handles
+	// lookupScore picks lookupAt's syscall order (see there).
+	lookupScore atomic.Int32
+	dirCache    atomic.Int64 // bytes in dirState.rest of all handles
 
 	rmu sync.Mutex
 	// +checklocks:rmu

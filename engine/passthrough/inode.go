@@ -360,10 +360,28 @@ func (fs *FS) forget(x *txn, nodeid, n uint64, index uint32) {
 
 // lookupAt resolves one name in directory dirfd without following symlinks,
 // counts a guest reference and fills e. A known inode costs one statx.
+//
+// Two orders, chosen by the recent hit rate (lookupScore): statx by name
+// first costs 1 syscall when the inode is known and 3 when it is new (statx,
+// openat, statx of what was opened); open first costs 3 when known (openat,
+// statx, close) and 2 when new. Open-first wins below a 1/3 hit rate: a
+// READDIRPLUS of a directory the guest has not seen, a tree walk.
 func (fs *FS) lookupAt(x *txn, dirfd int, name []byte, e *fuse.EntryOut) unix.Errno {
 	var st unix.Statx_t
-	if err := statxAt(dirfd, name, unix.AT_SYMLINK_NOFOLLOW|unix.AT_NO_AUTOMOUNT, statxMask, &st); err != nil {
-		return errno(err)
+	fd := -1
+	if fs.lookupScore.Load() >= 0 {
+		if err := statxAt(dirfd, name, unix.AT_SYMLINK_NOFOLLOW|unix.AT_NO_AUTOMOUNT, statxMask, &st); err != nil {
+			return errno(err)
+		}
+	} else {
+		var err error
+		if fd, err = openat(dirfd, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0); err != nil {
+			return errno(err)
+		}
+		if err := statxFd(fd, &st); err != nil {
+			unix.Close(fd)
+			return errno(err)
+		}
 	}
 	k := keyOf(&st)
 	fs.imu.Lock()
@@ -371,17 +389,24 @@ func (fs *FS) lookupAt(x *txn, dirfd int, name []byte, e *fuse.EntryOut) unix.Er
 		fs.countLocked(x, in)
 		id := fs.nodeidOf(in)
 		fs.imu.Unlock()
+		fs.scoreLookup(true)
+		if fd >= 0 {
+			unix.Close(fd)
+		}
 		fs.fillEntry(e, id, &st)
 		return 0
 	}
 	fs.imu.Unlock()
-	fd, err := openat(dirfd, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return errno(err)
-	}
-	if err := statxFd(fd, &st); err != nil {
-		unix.Close(fd)
-		return errno(err)
+	fs.scoreLookup(false)
+	if fd < 0 {
+		var err error
+		if fd, err = openat(dirfd, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0); err != nil {
+			return errno(err)
+		}
+		if err := statxFd(fd, &st); err != nil {
+			unix.Close(fd)
+			return errno(err)
+		}
 	}
 	id, eno := fs.adopt(x, fd, &st)
 	if eno != 0 {
@@ -389,6 +414,19 @@ func (fs *FS) lookupAt(x *txn, dirfd int, name []byte, e *fuse.EntryOut) unix.Er
 	}
 	fs.fillEntry(e, id, &st)
 	return 0
+}
+
+// scoreLookup moves lookupScore: +2 for a known inode, -1 for a new one,
+// within ±32, so it drifts up exactly when more than a third of lookups
+// hit. Racy updates between queue threads only blur the estimate.
+func (fs *FS) scoreLookup(hit bool) {
+	v := fs.lookupScore.Load()
+	if hit {
+		v = min(v+2, 32)
+	} else {
+		v = max(v-1, -32)
+	}
+	fs.lookupScore.Store(v)
 }
 
 // entryOf counts a reference to the pinned inode in and fills e with its
