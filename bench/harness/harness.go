@@ -30,7 +30,10 @@ type Options struct {
 	Depths          []int
 	// VfsdQueues adds rows where vfsd serves this many request queues (the
 	// reference serves one); <= 1: none.
-	VfsdQueues       int
+	VfsdQueues int
+	// RecoveryCost adds, for one request queue, vfsd --no-supervisor
+	// (recovery off) to every row's interleaving.
+	RecoveryCost     bool
 	Repeat           int
 	Warmup, Duration time.Duration
 	Cache            string
@@ -63,6 +66,7 @@ type Settings struct {
 	Workloads      []string      `json:"workloads"`
 	Depths         []int         `json:"depths"`
 	VfsdQueues     int           `json:"vfsd_queues"`
+	RecoveryCost   bool          `json:"recovery_cost"`
 	Repeat         int           `json:"repeat"`
 	Warmup         time.Duration `json:"warmup_ns"`
 	Duration       time.Duration `json:"duration_ns"`
@@ -100,6 +104,9 @@ func (o *Options) plannedRuns(profile bool) (daemonRuns, floorRuns, profRuns int
 		n := o.Repeat
 		if c.queues == 1 {
 			n *= 2
+			if o.RecoveryCost {
+				n += o.Repeat
+			}
 		}
 		daemonRuns += n * len(o.Workloads)
 		if o.Floor {
@@ -212,26 +219,41 @@ func Run(ctx context.Context, o Options) (*report.Report, error) {
 			row := &report.Row{Workload: w.Name, Depth: c.depth, Queues: c.queues, Vfsd: &report.Agg{}}
 			if c.queues == 1 {
 				row.Ref = &report.Agg{}
+				if o.RecoveryCost {
+					row.Plain = &report.Agg{}
+				}
 			}
 			rep.Host = append(rep.Host, row)
 			for rep1 := 1; rep1 <= o.Repeat; rep1++ {
-				kinds := []daemon.Kind{daemon.Vfsd, daemon.Virtiofsd}
-				if c.queues > 1 {
+				// "plain" is vfsd --no-supervisor (recovery off).
+				kinds := []string{"vfsd", "virtiofsd", "plain"}
+				switch {
+				case c.queues > 1:
 					kinds = kinds[:1]
+				case !o.RecoveryCost:
+					kinds = kinds[:2]
 				}
-				for _, k := range kinds {
+				for _, name := range kinds {
 					if ctx.Err() != nil {
 						return finish()
 					}
 					pr.done++
-					pr.line("%s depth=%d queues=%d %s (%d/%d)", w.Name, c.depth, c.queues, k, rep1, o.Repeat)
-					agg, bin := row.Vfsd, o.VfsdBin
-					if k == daemon.Virtiofsd {
-						agg, bin = row.Ref, o.RefBin
+					label := name
+					if name == "plain" {
+						label = "vfsd --no-supervisor"
+					}
+					pr.line("%s depth=%d queues=%d %s (%d/%d)", w.Name, c.depth, c.queues, label, rep1, o.Repeat)
+					k, agg, bin := daemon.Vfsd, row.Vfsd, o.VfsdBin
+					var extra []string
+					switch name {
+					case "virtiofsd":
+						k, agg, bin = daemon.Virtiofsd, row.Ref, o.RefBin
+					case "plain":
+						agg, extra = row.Plain, []string{"--no-supervisor"}
 					}
 					res, err := hostload.RunDaemon(ctx, hostload.DaemonConfig{Kind: k, Bin: bin, Cache: o.Cache,
 						Workload: w, Depth: c.depth, Queues: c.queues, Warmup: o.Warmup, Duration: o.Duration,
-						Share: share, SockDir: sockDir, ReaddirSize: o.ReaddirSize})
+						Share: share, SockDir: sockDir, ReaddirSize: o.ReaddirSize, Extra: extra})
 					if err != nil {
 						if ctx.Err() != nil {
 							return finish()
@@ -249,6 +271,9 @@ func Run(ctx context.Context, o Options) (*report.Report, error) {
 			row.Vfsd.Finish()
 			if row.Ref != nil {
 				row.Ref.Finish()
+			}
+			if row.Plain != nil {
+				row.Plain.Finish()
 			}
 			row.Ratios()
 			if o.Floor {
@@ -432,6 +457,15 @@ func writeText(w io.Writer, rep *report.Report) {
 		fmt.Fprintf(w, "\nHost workloads through the project's vhost-user frontend (ops/s: median of the repeats; latency percentiles: all samples pooled;\n")
 		fmt.Fprintf(w, "ratio: vfsd/reference; cpu µs/op: daemon process tree (user+sys); floor: the same syscalls in-process, depth x queues threads)\n\n")
 		report.WriteHostTable(w, rep.Host)
+		var plain bool
+		for _, r := range rep.Host {
+			plain = plain || r.Plain != nil
+		}
+		if plain {
+			fmt.Fprintf(w, "\nRecovery cost: vfsd as shipped (supervisor, journal, fd store, inflight region) against vfsd --no-supervisor\n")
+			fmt.Fprintf(w, "(no recovery), interleaved in the same runs; on/off is the ops/s ratio (target >= 0.90)\n\n")
+			report.WriteRecoveryTable(w, rep.Host)
+		}
 	}
 	for _, p := range rep.Profiles {
 		if p.Error != "" {
@@ -454,7 +488,7 @@ func writeText(w io.Writer, rep *report.Report) {
 }
 
 func (o *Options) settings() Settings {
-	s := Settings{Depths: o.Depths, VfsdQueues: o.VfsdQueues, Repeat: o.Repeat, Warmup: o.Warmup,
+	s := Settings{Depths: o.Depths, VfsdQueues: o.VfsdQueues, RecoveryCost: o.RecoveryCost, Repeat: o.Repeat, Warmup: o.Warmup,
 		Duration: o.Duration, Cache: o.Cache, FileSize: o.FileSize, DirEntries: o.DirEntries,
 		ReaddirSize: o.ReaddirSize, ShareDir: o.ShareDir, Guest: o.Guest}
 	for _, w := range o.Workloads {

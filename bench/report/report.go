@@ -45,7 +45,13 @@ type Row struct {
 	Queues   int    `json:"queues"`
 	Vfsd     *Agg   `json:"vfsd,omitempty"`
 	Ref      *Agg   `json:"ref,omitempty"` // nil for queues > 1 (the reference serves one)
-	Floor    *Agg   `json:"floor,omitempty"`
+	// Plain is vfsd --no-supervisor (no supervisor, journal, fd store or
+	// inflight region: recovery off), measured in the same interleaving
+	// when the harness runs with RecoveryCost; RecoveryRatio is Vfsd/Plain
+	// ops/s.
+	Plain         *Agg    `json:"plain,omitempty"`
+	RecoveryRatio float64 `json:"recovery_ratio,omitempty"`
+	Floor         *Agg    `json:"floor,omitempty"`
 	// OpsRatio is vfsd/reference ops/s, P99Ratio vfsd/reference p99
 	// latency (0 when either side is missing).
 	OpsRatio float64 `json:"ops_ratio,omitempty"`
@@ -151,7 +157,10 @@ func median(v []float64) float64 {
 
 // Ratios fills in the row's vfsd/reference ratios.
 func (r *Row) Ratios() {
-	r.OpsRatio, r.P99Ratio = 0, 0
+	r.OpsRatio, r.P99Ratio, r.RecoveryRatio = 0, 0, 0
+	if r.Vfsd != nil && r.Plain != nil && len(r.Vfsd.Runs) > 0 && len(r.Plain.Runs) > 0 && r.Plain.OpsPerSec > 0 {
+		r.RecoveryRatio = r.Vfsd.OpsPerSec / r.Plain.OpsPerSec
+	}
 	if r.Vfsd == nil || r.Ref == nil || len(r.Vfsd.Runs) == 0 || len(r.Ref.Runs) == 0 {
 		return
 	}
@@ -290,6 +299,29 @@ func WriteHostTable(w io.Writer, rows []*Row) {
 		}
 		cols = append(cols, bar(fl)...)
 		cols = append(cols, bar([]string{toFloor})...)
+		fmt.Fprintln(tw, strings.Join(cols, "\t")+"\t")
+	}
+	tw.Flush()
+}
+
+// WriteRecoveryTable prints, for the rows that have it, vfsd (supervised:
+// recovery on) against vfsd --no-supervisor (recovery off).
+func WriteRecoveryTable(w io.Writer, rows []*Row) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "workload\tdepth\t|\trecovery on ops/s\tp99\t|\toff ops/s\tp99\t|\ton/off\t|\tcpu µs/op on\toff\t")
+	for _, r := range rows {
+		if r.Plain == nil || r.Vfsd == nil || len(r.Vfsd.Runs) == 0 {
+			continue
+		}
+		off := []string{"FAILED", "", "", ""}
+		if len(r.Plain.Runs) > 0 {
+			off = []string{Rate(r.Plain.OpsPerSec), Dur(r.Plain.P99), ratio(r.RecoveryRatio), cpuUs(r.Plain.CPUPerOp)}
+		}
+		cols := []string{r.Workload, fmt.Sprint(r.Depth)}
+		cols = append(cols, bar([]string{Rate(r.Vfsd.OpsPerSec), Dur(r.Vfsd.P99)})...)
+		cols = append(cols, bar(off[:2])...)
+		cols = append(cols, bar(off[2:3])...)
+		cols = append(cols, bar([]string{cpuUs(r.Vfsd.CPUPerOp), off[3]})...)
 		fmt.Fprintln(tw, strings.Join(cols, "\t")+"\t")
 	}
 	tw.Flush()

@@ -44,6 +44,7 @@ func main() {
 	only := flag.String("only", "", "comma-separated host workloads (default all: "+workloadNames()+"); \"none\" for none")
 	depths := flag.String("depths", "1,32", "comma-separated queue depths (requests in flight per request queue)")
 	flag.IntVar(&o.VfsdQueues, "queues", 2, "also run vfsd with this many request queues (<= 1: not)")
+	flag.BoolVar(&o.RecoveryCost, "recovery", true, "also run vfsd --no-supervisor (recovery off) for the recovery-cost table")
 	flag.IntVar(&o.Repeat, "repeat", 3, "runs per configuration and daemon, interleaved vfsd/ref/vfsd/ref...")
 	flag.DurationVar(&o.Duration, "duration", time.Second, "measured time per run")
 	flag.DurationVar(&o.Warmup, "warmup", 250*time.Millisecond, "unmeasured warm-up per run")
