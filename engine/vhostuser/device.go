@@ -232,6 +232,7 @@ func (d *Device) HandleMessage(m *Message) (reply []byte, err error) {
 			reply, err = nil, fmt.Errorf("%w: internal error on %s", ErrMalformed, RequestName(m.Request))
 		}
 	}()
+	// REPLY_ACK as negotiated before m (engine/supervisor expectsReply agrees).
 	ack := d.protocol&ProtocolReplyAck != 0 && m.Flags&FlagNeedReply != 0
 	var h *handler
 	if m.Request < reqMax {
