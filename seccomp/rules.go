@@ -239,6 +239,8 @@ func baseRules(self []Match) []Rule {
 		{Syscall: "fremovexattr", By: "passthrough REMOVEXATTR"},
 		{Syscall: "setfsuid", By: "passthrough creds.go: create as the guest's uid on the calling thread"},
 		{Syscall: "setfsgid", By: "passthrough creds.go: create as the guest's gid on the calling thread"},
+		{Syscall: "setgroups", By: "passthrough creds.go asCreator: FUSE_CREATE_SUPP_GROUP's group as the calling thread's only " +
+			"supplementary group while it creates, then the process's groups again (raw syscall: this thread only)"},
 	}
 }
 

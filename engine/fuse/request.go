@@ -319,3 +319,39 @@ func WriteFile(fd int, d Scatter, off int64, iov []unix.Iovec) (int, []unix.Iove
 type Handler interface {
 	Handle(req *Request, rep *Reply)
 }
+
+// Request extensions (FUSE 7.38): TotalExtlen 8-byte units at the end of
+// the arguments, each a fuse_ext_header {size, type} (size counts the
+// header and is a multiple of 8) and its payload.
+const (
+	ExtSecurityCtx = 1 // FUSE_EXT_SECURITY_CTX
+	ExtGroups      = 2 // FUSE_EXT_GROUPS: fuse_supp_groups {nr_groups, groups[]}
+)
+
+// SuppGroup returns the first group of a FUSE_EXT_GROUPS extension (the
+// creator's supplementary group that matches the parent directory's, sent
+// with MKNOD/MKDIR/SYMLINK/CREATE/TMPFILE when FUSE_CREATE_SUPP_GROUP was
+// negotiated). ok is false when there is none or the area is malformed.
+func (r *Request) SuppGroup() (gid uint32, ok bool) {
+	n := int(r.TotalExtlen) * 8
+	if n == 0 || n > len(r.Arg) {
+		return 0, false
+	}
+	ext := r.Arg[len(r.Arg)-n:]
+	for len(ext) >= 8 {
+		size := int(binary.LittleEndian.Uint32(ext))
+		typ := binary.LittleEndian.Uint32(ext[4:])
+		if size < 8 || size%8 != 0 || size > len(ext) {
+			return 0, false
+		}
+		if typ == ExtGroups && size >= 12 {
+			nr := binary.LittleEndian.Uint32(ext[8:])
+			if nr >= 1 && size >= 16 {
+				return binary.LittleEndian.Uint32(ext[12:]), true
+			}
+			return 0, false
+		}
+		ext = ext[size:]
+	}
+	return 0, false
+}

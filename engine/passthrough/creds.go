@@ -6,8 +6,11 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"vfsd/engine/fuse"
 )
 
 // Per-thread filesystem credentials. setfsuid/setfsgid are per-thread in
@@ -120,4 +123,40 @@ func switchErr(m *idMaps, id uint32) error {
 		return unix.EOVERFLOW
 	}
 	return unix.EPERM
+}
+
+// asCreator is asUser for the requests that create an inode (MKNOD, MKDIR,
+// SYMLINK, CREATE, TMPFILE). With FUSE_CREATE_SUPP_GROUP negotiated, the
+// guest kernel sends the creator's supplementary group that matches the
+// parent directory's group; it becomes the thread's only supplementary
+// group (setgroups is per thread as a raw syscall), so the host grants the
+// write access the guest user has through that group, as in the guest. If
+// the host refuses setgroups (a user namespace that denies it) the request
+// runs without it. sg reports whether asSelfCreator must restore the groups.
+func (fs *FS) asCreator(req *fuse.Request) (sg bool, err error) {
+	if err := fs.asUser(req.UID, req.GID); err != nil {
+		return false, err
+	}
+	if !fs.has(fuse.FlagCreateSuppGroup) {
+		return false, nil
+	}
+	g, ok := req.SuppGroup()
+	if !ok || g == req.GID || (req.UID == fs.euid && req.GID == fs.egid) {
+		return false, nil
+	}
+	_, _, e := unix.RawSyscall(unix.SYS_SETGROUPS, 1, uintptr(unsafe.Pointer(&g)), 0)
+	return e == 0, nil
+}
+
+// asSelfCreator undoes asCreator: the process's supplementary groups (when
+// sg), then asSelf.
+func (fs *FS) asSelfCreator(sg bool) {
+	if sg {
+		var p uintptr
+		if len(fs.groups) > 0 {
+			p = uintptr(unsafe.Pointer(&fs.groups[0]))
+		}
+		unix.RawSyscall(unix.SYS_SETGROUPS, uintptr(len(fs.groups)), p, 0)
+	}
+	fs.asSelf()
 }

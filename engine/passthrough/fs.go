@@ -97,7 +97,7 @@ const offered = fuse.FlagAsyncRead | fuse.FlagPosixLocks | fuse.FlagAtomicOTrunc
 	fuse.FlagExportSupport | fuse.FlagBigWrites | fuse.FlagDontMask | fuse.FlagFlockLocks |
 	fuse.FlagAutoInvalData | fuse.FlagDoReaddirplus | fuse.FlagReaddirplusAuto |
 	fuse.FlagAsyncDIO | fuse.FlagParallelDirops | fuse.FlagMaxPages | fuse.FlagCacheSymlinks |
-	fuse.FlagInitExt | fuse.FlagSetxattrExt | fuse.FlagHandleKillprivV2
+	fuse.FlagInitExt | fuse.FlagSetxattrExt | fuse.FlagHandleKillprivV2 | fuse.FlagCreateSuppGroup
 
 // FS is a passthrough filesystem over one host directory. It implements
 // fuse.Handler and is safe for concurrent use by all queue threads and the
@@ -118,6 +118,9 @@ type FS struct {
 	mountfd int
 	euid    uint32
 	egid    uint32
+	// groups are the process's supplementary groups, restored after a
+	// request ran with the creator's (asCreator).
+	groups []uint32
 
 	root    *inode
 	inodes  *maptable.Table
@@ -208,6 +211,11 @@ func New(o Options) (*FS, error) {
 		nq: o.Queues, irec: recCnt + 8*o.Queues}
 	fs.bufs.New = func() any {
 		return &scratch{buf: make([]byte, scratchBuf), iov: make([]unix.Iovec, 0, 64)}
+	}
+	if gs, err := unix.Getgroups(); err == nil {
+		for _, g := range gs {
+			fs.groups = append(fs.groups, uint32(g))
+		}
 	}
 	fs.locks.init()
 	fs.plk.byInode = make(map[uint64]map[uint64]*plock)

@@ -107,7 +107,7 @@ func (z *fuzzFS) serve(t *testing.T, data []byte, cut int) {
 		}
 	}
 	if !z.c.fs.inited.Load() { // DESTROY: start a new session
-		in := fuse.InitIn{Major: 7, Minor: 38, Flags: uint32(offered), Flags2: uint32(uint64(offered) >> 32)}
+		in := fuse.InitIn{Major: 7, Minor: 38, Flags: uint32(uint64(offered) & 0xffffffff), Flags2: uint32(uint64(offered) >> 32)}
 		z.c.call(fuse.OpInit, 0, b(in))
 	}
 	if uid, _, _ := unix.RawSyscall(unix.SYS_SETFSUID, ^uintptr(0), 0, 0); uid != 0 {

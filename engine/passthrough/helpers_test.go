@@ -55,6 +55,7 @@ type tfs struct {
 	unique uint64
 	uid    uint32
 	gid    uint32
+	extlen uint16 // in header total_extlen (the last args are the extensions)
 	out    []byte
 	req    fuse.Request
 	rep    fuse.Reply
@@ -101,7 +102,7 @@ func openTFS(t testing.TB, o Options, init bool) *tfs {
 		return c
 	}
 	in := fuse.InitIn{Major: 7, Minor: 38, MaxReadahead: 1 << 17,
-		Flags: uint32(offered | fuse.FlagWritebackCache), Flags2: uint32(uint64(offered) >> 32)}
+		Flags: uint32(uint64(offered|fuse.FlagWritebackCache) & 0xffffffff), Flags2: uint32(uint64(offered) >> 32)}
 	if e, _ := c.call(fuse.OpInit, 0, fuse.Bytes(&in)); e != 0 {
 		t.Fatalf("INIT: %v", e)
 	}
@@ -130,6 +131,7 @@ func (c *tfs) callOut(outLen int, op uint32, nodeid uint64, args ...[]byte) (uni
 	binary.LittleEndian.PutUint32(buf[24:], c.uid)
 	binary.LittleEndian.PutUint32(buf[28:], c.gid)
 	binary.LittleEndian.PutUint32(buf[32:], 42)
+	binary.LittleEndian.PutUint16(buf[36:], c.extlen)
 	copy(buf[fuse.InHeaderSize:], body)
 	// Three segments with odd boundaries, as a guest chain might have.
 	cut1, cut2 := min(len(buf), 7), min(len(buf), fuse.InHeaderSize+13)

@@ -395,12 +395,13 @@ func (fs *FS) makeNode(x *txn, req *fuse.Request, rep *fuse.Reply, p *inode, nam
 	var pre [journal.PreWords]uint64
 	pre[0] = coarseNow()
 	x.begin(&pre)
-	if err := fs.asUser(req.UID, req.GID); err != nil {
+	sg, err := fs.asCreator(req)
+	if err != nil {
 		x.fail(rep, errno(err))
 		return
 	}
-	err := mk()
-	fs.asSelf()
+	err = mk()
+	fs.asSelfCreator(sg)
 	crash(cpSyscall)
 	if err == unix.EEXIST && x.res != nil && fs.ownEntry(p.fd, name, pre[0], req.UID, typ, target, rdev) {
 		err = nil // ours, made before the crash

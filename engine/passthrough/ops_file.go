@@ -184,13 +184,13 @@ func (fs *FS) createFile(x *txn, req *fuse.Request, rep *fuse.Reply, name []byte
 	}
 	fd := fs.resumedCreated(x, hflags)
 	if fd < 0 {
-		if err := fs.asUser(req.UID, req.GID); err != nil {
+		sg, err := fs.asCreator(req)
+		if err != nil {
 			x.fail(rep, errno(err))
 			return
 		}
-		var err error
 		fd, err = openat(p.fd, name, flags, mode&07777)
-		fs.asSelf()
+		fs.asSelfCreator(sg)
 		crash(cpSyscall)
 		if err == unix.EEXIST && x.res != nil && flags&unix.O_EXCL != 0 &&
 			fs.ownEntry(p.fd, name, pre[0], req.UID, unix.S_IFREG, nil, 0) {
