@@ -48,7 +48,11 @@ type Config struct {
 	Stdout, Stderr *os.File
 	// PrepareWorker, if set, adjusts each worker's command just before it
 	// starts (after its args, env, fds and SysProcAttr are set): e.g. the
-	// namespaces of engine/sandbox. It must not change ExtraFiles.
+	// namespaces of engine/sandbox. It may append to ExtraFiles (the
+	// user-namespace handshake socket of engine/sandbox/userns.go) but must
+	// not change the entries there: their numbers are already in the
+	// worker's arguments and environment (LISTEN_FDS, --vhost-fd, the
+	// notify fd).
 	PrepareWorker func(*exec.Cmd)
 
 	// Inherit are fds every worker receives after the stored ones, named in
