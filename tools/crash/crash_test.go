@@ -1,10 +1,12 @@
 package crash
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"math/rand"
 	"os"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -533,6 +535,12 @@ func TestFullQueue(t *testing.T) {
 			if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
 				t.Fatal(err)
 			}
+			// kill returns before every thread has stopped: a queue thread
+			// polling the ring (dataplane poll.go) on another CPU could
+			// still take the first request.
+			if err := waitStopped(pid, 5*time.Second); err != nil {
+				t.Fatal(err)
+			}
 			stopped := true
 			defer func() {
 				if stopped {
@@ -779,5 +787,33 @@ func TestWorkloadNoKills(t *testing.T) {
 	finishWorkload(t, e, wl)
 	if err := e.CheckAlive(); err != nil {
 		t.Error(err)
+	}
+}
+
+// waitStopped waits until every thread of pid is in the stopped state (T).
+func waitStopped(pid int, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	for {
+		tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/stat", pid))
+		all := len(tasks) > 0
+		for _, p := range tasks {
+			b, err := os.ReadFile(p)
+			if err != nil {
+				continue // the thread exited
+			}
+			// pid (comm) S ...: the state follows the last ')'.
+			i := bytes.LastIndexByte(b, ')')
+			if i < 0 || i+2 >= len(b) || (b[i+2] != 'T' && b[i+2] != 't') {
+				all = false
+				break
+			}
+		}
+		if all {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("worker %d did not stop within %v after SIGSTOP", pid, limit)
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
