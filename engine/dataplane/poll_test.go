@@ -47,12 +47,19 @@ func TestPollerAdapts(t *testing.T) {
 
 // poll returns as soon as work shows up, and gives up after the window.
 func TestPollerPoll(t *testing.T) {
-	p := poller{max: time.Millisecond, window: 200 * time.Microsecond}
+	// A window far longer than any scheduling delay (poll yields the CPU
+	// between checks): finding work must end it, not the clock.
+	p := poller{max: time.Minute, window: 30 * time.Second}
 	n := 0
+	start := time.Now()
 	if !p.poll(func() bool { n++; return n == 3 }) {
 		t.Fatal("poll missed work")
 	}
-	start := time.Now()
+	if d := time.Since(start); d > 10*time.Second {
+		t.Fatalf("poll ran %v after work showed up", d)
+	}
+	p.window = 200 * time.Microsecond
+	start = time.Now()
 	if p.poll(func() bool { return false }) {
 		t.Fatal("poll found work in an empty ring")
 	}
