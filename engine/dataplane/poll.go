@@ -60,6 +60,11 @@ func (p *poller) woke() {
 	}
 	idle := time.Since(p.idleSince)
 	p.idleSince = time.Time{}
+	p.adapt(idle)
+}
+
+// adapt moves the window after an idle period of the given length.
+func (p *poller) adapt(idle time.Duration) {
 	switch {
 	case idle <= p.window:
 	case idle < p.max:

@@ -9,14 +9,10 @@ import (
 // inside it, and collapses to 0 when they last longer than max.
 func TestPollerAdapts(t *testing.T) {
 	p := poller{max: 40 * time.Microsecond}
-	idle := func(d time.Duration) {
-		p.idleSince = time.Now().Add(-d)
-		p.woke()
-	}
+	idle := p.adapt // exact idle lengths: woke measures them with the clock
 	if p.poll(func() bool { return true }) {
 		t.Fatal("a zero window polled")
 	}
-	p.idleSince = time.Time{}
 	idle(20 * time.Microsecond)
 	if p.window != minPoll {
 		t.Fatalf("after a short idle: window %v, want %v", p.window, minPoll)
