@@ -3,13 +3,10 @@ package e2e
 import (
 	"fmt"
 	"os"
-	"syscall"
 	"testing"
-	"time"
 
 	"golang.org/x/sys/unix"
 
-	"vfsd/engine/sandbox"
 	"vfsd/tools/daemon"
 )
 
@@ -18,11 +15,7 @@ import (
 // capabilities (CAP_SYS_CHROOT dropped).
 func checkChrooted(t *testing.T, pid int, dir string) {
 	t.Helper()
-	for _, f := range []string{"CapEff", "CapPrm", "CapBnd"} {
-		if got := procCaps(t, pid, f); got != sandbox.DefaultCaps() {
-			t.Errorf("worker %d %s = %s, want %s", pid, f, got, sandbox.DefaultCaps())
-		}
-	}
+	checkWorkerCaps(t, pid)
 	a, b := hostStat(t, fmt.Sprintf("/proc/%d/root/.", pid)), hostStat(t, dir)
 	if a.Dev != b.Dev || a.Ino != b.Ino {
 		t.Errorf("worker %d root is %d/%d, the shared directory %d/%d", pid, a.Dev, a.Ino, b.Dev, b.Ino)
@@ -50,10 +43,7 @@ func TestSandboxChroot(t *testing.T) {
 	}
 	e := Start(t, Options{Extra: []string{"--sandbox=chroot", "--restart-backoff-max=10ms"}})
 	ctl := e.Daemon.Socket + ".ctl"
-	st, err := queryStatus(ctl)
-	if err != nil || st.WorkerPID == 0 {
-		t.Fatalf("status: %+v %v", st, err)
-	}
+	st := workerStatus(t, ctl)
 	checkChrooted(t, st.WorkerPID, e.Dir)
 	if _, err := os.Stat(e.Path("proc")); err == nil {
 		t.Fatal("the worker created /proc in the shared directory")
@@ -92,19 +82,7 @@ func TestSandboxChroot(t *testing.T) {
 	}
 	getL("before the crash")
 
-	must(t, "kill", syscall.Kill(st.WorkerPID, syscall.SIGKILL))
-	deadline := time.Now().Add(10 * time.Second)
-	var s2 ctlStatus
-	for {
-		s2, err = queryStatus(ctl)
-		if err == nil && s2.WorkerPID != 0 && s2.WorkerPID != st.WorkerPID && s2.Restarts > st.Restarts {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no successor: %+v %v\n%s", s2, err, e.Daemon.Output())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	s2 := killWorker(t, ctl, st, e.Daemon.Output)
 	checkChrooted(t, s2.WorkerPID, e.Dir)
 	getL("after the crash")
 	must(t, "mkdir", os.Mkdir(e.Path("d2"), 0o755))

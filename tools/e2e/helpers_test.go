@@ -3,10 +3,13 @@ package e2e
 import (
 	"errors"
 	"os"
+	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
+	"vfsd/engine/sandbox"
 	"vfsd/tools/fuseclient"
 )
 
@@ -125,4 +128,49 @@ func pubDir(t testing.TB, e *Env) uint64 {
 	must(t, "mkdir pub", os.Mkdir(e.Path("pub"), 0o777))
 	must(t, "chmod pub", os.Chmod(e.Path("pub"), 0o777))
 	return lookup(t, e, root, "pub").NodeID
+}
+
+// workerStatus returns the supervisor's status (control socket ctl), which
+// must name a running worker.
+func workerStatus(t *testing.T, ctl string) ctlStatus {
+	t.Helper()
+	st, err := queryStatus(ctl)
+	if err != nil || st.WorkerPID == 0 {
+		t.Fatalf("status: %+v %v", st, err)
+	}
+	return st
+}
+
+// killWorker SIGKILLs the worker of st and waits up to 10 s for the
+// supervisor (control socket ctl) to report its successor. output, when
+// not nil, is added to the failure.
+func killWorker(t *testing.T, ctl string, st ctlStatus, output func() string) ctlStatus {
+	t.Helper()
+	must(t, "kill worker", syscall.Kill(st.WorkerPID, syscall.SIGKILL))
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		s2, err := queryStatus(ctl)
+		if err == nil && s2.WorkerPID != 0 && s2.WorkerPID != st.WorkerPID && s2.Restarts > st.Restarts {
+			return s2
+		}
+		if time.Now().After(deadline) {
+			out := ""
+			if output != nil {
+				out = output()
+			}
+			t.Fatalf("no successor of worker %d: %+v %v\n%s", st.WorkerPID, s2, err, out)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// checkWorkerCaps checks that worker pid holds exactly the default
+// capability set (engine/sandbox) in CapEff, CapPrm and CapBnd.
+func checkWorkerCaps(t *testing.T, pid int) {
+	t.Helper()
+	for _, f := range []string{"CapEff", "CapPrm", "CapBnd"} {
+		if got := procCaps(t, pid, f); got != sandbox.DefaultCaps() {
+			t.Errorf("worker %d %s = %s, want %s", pid, f, got, sandbox.DefaultCaps())
+		}
+	}
 }

@@ -5,9 +5,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
-	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -35,11 +33,7 @@ func procCaps(t *testing.T, pid int, field string) sandbox.CapSet {
 // the default capabilities, serving the shared directory dir.
 func checkSandboxed(t *testing.T, pid int, dir string) {
 	t.Helper()
-	for _, f := range []string{"CapEff", "CapPrm", "CapBnd"} {
-		if got := procCaps(t, pid, f); got != sandbox.DefaultCaps() {
-			t.Errorf("worker %d %s = %s, want %s", pid, f, got, sandbox.DefaultCaps())
-		}
-	}
+	checkWorkerCaps(t, pid)
 	for _, ns := range []string{"mnt", "pid", "net", "ipc", "uts"} {
 		self, err1 := os.Readlink("/proc/self/ns/" + ns)
 		w, err2 := os.Readlink(fmt.Sprintf("/proc/%d/ns/%s", pid, ns))
@@ -91,10 +85,7 @@ func TestSandboxNamespace(t *testing.T) {
 	}
 	e := Start(t, Options{Extra: []string{"--sandbox=namespace", "--restart-backoff-max=10ms"}})
 	ctl := e.Daemon.Socket + ".ctl"
-	st, err := queryStatus(ctl)
-	if err != nil || st.WorkerPID == 0 {
-		t.Fatalf("status: %+v %v", st, err)
-	}
+	st := workerStatus(t, ctl)
 	checkSandboxed(t, st.WorkerPID, e.Dir)
 
 	writeHost(t, e.Path("f"), []byte("data"), 0o644)
@@ -102,19 +93,7 @@ func TestSandboxNamespace(t *testing.T) {
 	f := lookup(t, e, root, "f")
 	d1 := lookup(t, e, root, "d1")
 
-	must(t, "kill", syscall.Kill(st.WorkerPID, syscall.SIGKILL))
-	deadline := time.Now().Add(10 * time.Second)
-	var s2 ctlStatus
-	for {
-		s2, err = queryStatus(ctl)
-		if err == nil && s2.WorkerPID != 0 && s2.WorkerPID != st.WorkerPID && s2.Restarts > st.Restarts {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no successor: %+v %v\n%s", s2, err, e.Daemon.Output())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	s2 := killWorker(t, ctl, st, e.Daemon.Output)
 	checkSandboxed(t, s2.WorkerPID, e.Dir)
 
 	must(t, "mkdir", os.Mkdir(e.Path("d2"), 0o755))

@@ -122,28 +122,13 @@ func (u *usernsEnv) wantOwner(t *testing.T, name string, uid, gid uint32) {
 
 func (u *usernsEnv) workerPID(t *testing.T) ctlStatus {
 	t.Helper()
-	st, err := queryStatus(u.ctl)
-	if err != nil || st.WorkerPID == 0 {
-		t.Fatalf("status: %+v %v", st, err)
-	}
-	return st
+	return workerStatus(t, u.ctl)
 }
 
 // killWorker SIGKILLs the worker of st and waits for its successor.
 func (u *usernsEnv) killWorker(t *testing.T, st ctlStatus) ctlStatus {
 	t.Helper()
-	must(t, "kill worker", syscall.Kill(st.WorkerPID, syscall.SIGKILL))
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		s2, err := queryStatus(u.ctl)
-		if err == nil && s2.WorkerPID != 0 && s2.WorkerPID != st.WorkerPID && s2.Restarts > st.Restarts {
-			return s2
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no successor: %+v %v", s2, err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	return killWorker(t, u.ctl, st, nil)
 }
 
 // checkOwnUserNS: the worker runs in a user namespace of its own, mapped
