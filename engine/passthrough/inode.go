@@ -374,13 +374,9 @@ func (fs *FS) lookupAt(x *txn, dirfd int, name []byte, e *fuse.EntryOut) unix.Er
 			return errno(err)
 		}
 	} else {
-		var err error
-		if fd, err = openat(dirfd, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0); err != nil {
-			return errno(err)
-		}
-		if err := statxFd(fd, &st); err != nil {
-			unix.Close(fd)
-			return errno(err)
+		var eno unix.Errno
+		if fd, eno = openPathStat(dirfd, name, &st); eno != 0 {
+			return eno
 		}
 	}
 	k := keyOf(&st)
@@ -399,13 +395,9 @@ func (fs *FS) lookupAt(x *txn, dirfd int, name []byte, e *fuse.EntryOut) unix.Er
 	fs.imu.Unlock()
 	fs.scoreLookup(false)
 	if fd < 0 {
-		var err error
-		if fd, err = openat(dirfd, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0); err != nil {
-			return errno(err)
-		}
-		if err := statxFd(fd, &st); err != nil {
-			unix.Close(fd)
-			return errno(err)
+		var eno unix.Errno
+		if fd, eno = openPathStat(dirfd, name, &st); eno != 0 {
+			return eno
 		}
 	}
 	id, eno := fs.adopt(x, fd, &st)
@@ -414,6 +406,20 @@ func (fs *FS) lookupAt(x *txn, dirfd int, name []byte, e *fuse.EntryOut) unix.Er
 	}
 	fs.fillEntry(e, id, &st)
 	return 0
+}
+
+// openPathStat opens name under dirfd O_PATH (never following a symlink)
+// and fills st from what it opened.
+func openPathStat(dirfd int, name []byte, st *unix.Statx_t) (int, unix.Errno) {
+	fd, err := openat(dirfd, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, errno(err)
+	}
+	if err := statxFd(fd, st); err != nil {
+		unix.Close(fd)
+		return -1, errno(err)
+	}
+	return fd, 0
 }
 
 // scoreLookup moves lookupScore: +2 for a known inode, -1 for a new one,

@@ -1,7 +1,6 @@
 package sandbox
 
 import (
-	"debug/elf"
 	"errors"
 	"fmt"
 	"os"
@@ -335,27 +334,12 @@ func storeHeld(rootfd, nsfd int) error {
 // their paths inside the sandbox root: the re-exec resolves the ELF
 // interpreter in the new root. A static binary needs nothing.
 func bindLoader(top string) error {
-	exe, err := elf.Open("/proc/self/exe")
-	if err != nil {
-		return fmt.Errorf("read /proc/self/exe: %w", err)
+	interp, err := elfInterp("/proc/self/exe")
+	if err != nil || interp == "" {
+		return err
 	}
-	defer exe.Close()
 	type bind struct{ src, dst string }
-	var binds []bind
-	for _, p := range exe.Progs {
-		if p.Type != elf.PT_INTERP {
-			continue
-		}
-		b := make([]byte, p.Filesz)
-		if _, err := p.ReadAt(b, 0); err != nil {
-			return fmt.Errorf("PT_INTERP: %w", err)
-		}
-		interp := strings.TrimRight(string(b), "\x00")
-		binds = append(binds, bind{interp, interp})
-	}
-	if len(binds) == 0 {
-		return nil
-	}
+	binds := []bind{{interp, interp}}
 	maps, err := os.ReadFile("/proc/self/maps")
 	if err != nil {
 		return err
