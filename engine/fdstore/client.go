@@ -155,6 +155,69 @@ func (c *Client) Remove(name string) error {
 	return c.Notify("FDSTOREREMOVE=1\nFDNAME=" + name)
 }
 
+// MaxBatchText is the most text SendBatch puts in one datagram (the
+// receiver accepts maxDatagram bytes).
+const MaxBatchText = maxDatagram - 64
+
+// SendBatch sends, in one datagram, the removal of every name in removes
+// and then the store of fds[i] under names[i] (a vfsd extension of the
+// protocol: X_VFSD_REMOVE= and X_VFSD_FDNAMES=, names joined by ':', which
+// sd_notify(3) names cannot contain). The receiver applies the removes
+// first, in order, then the stores. Durability as Notify. At most
+// MaxFDsPerMessage fds and BatchTextLen(removes, names) <= MaxBatchText.
+func (c *Client) SendBatch(removes, names []string, fds []int) error {
+	if len(names) != len(fds) {
+		return fmt.Errorf("fdstore: batch of %d names for %d fds", len(names), len(fds))
+	}
+	if len(removes) == 0 && len(names) == 0 {
+		return nil
+	}
+	for _, n := range removes {
+		if err := checkName(n); err != nil {
+			return err
+		}
+	}
+	for _, n := range names {
+		if err := checkName(n); err != nil {
+			return err
+		}
+	}
+	if l := BatchTextLen(removes, names); l > MaxBatchText {
+		return fmt.Errorf("fdstore: batch datagram of %d bytes (max %d)", l, MaxBatchText)
+	}
+	var b strings.Builder
+	b.Grow(BatchTextLen(removes, names))
+	if len(removes) > 0 {
+		b.WriteString(batchRemoveVar + "=")
+		b.WriteString(strings.Join(removes, ":"))
+		b.WriteByte('\n')
+	}
+	if len(names) > 0 {
+		b.WriteString("FDSTORE=1\n" + batchNamesVar + "=")
+		b.WriteString(strings.Join(names, ":"))
+	}
+	return c.Notify(b.String(), fds...)
+}
+
+// BatchTextLen is the length of the text SendBatch sends for removes and
+// names.
+func BatchTextLen(removes, names []string) int {
+	n := 0
+	if len(removes) > 0 {
+		n += len(batchRemoveVar) + 2 + len(removes) - 1
+		for _, r := range removes {
+			n += len(r)
+		}
+	}
+	if len(names) > 0 {
+		n += len("FDSTORE=1\n") + len(batchNamesVar) + 1 + len(names) - 1
+		for _, r := range names {
+			n += len(r)
+		}
+	}
+	return n
+}
+
 // Ready sends READY=1.
 func (c *Client) Ready() error { return c.Notify("READY=1") }
 

@@ -540,3 +540,98 @@ func equal(a, b []string) bool {
 	}
 	return true
 }
+
+// TestSendBatch: one datagram removes names, then stores each fd under its
+// own name; a malformed batch is refused whole, its fds closed.
+func TestSendBatch(t *testing.T) {
+	before := countFDs(t)
+	t.Run("batch", func(t *testing.T) {
+		s, c, lb := newServer(t, Config{})
+		a, b, x := memfd(t, "a"), memfd(t, "b"), memfd(t, "x")
+		if err := c.Store("old", x); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.SendBatch([]string{"old", "absent"}, []string{"fh.1", "fh.2", "old"}, []int{a, b, x}); err != nil {
+			t.Fatal(err)
+		}
+		s.Drain()
+		if got, want := contents(s), []string{"fh.1=a", "fh.2=b", "old=x"}; !equal(got, want) {
+			t.Fatalf("stored %v, want %v", got, want)
+		}
+		if err := c.SendBatch([]string{"fh.1", "fh.2"}, nil, nil); err != nil {
+			t.Fatal(err)
+		}
+		s.Drain()
+		if got := s.Names(); !equal(got, []string{"old"}) {
+			t.Fatalf("names %v after a remove batch", got)
+		}
+		// Refused by the client: bad names, mismatched counts, too long.
+		if c.SendBatch(nil, []string{"a:b"}, []int{a}) == nil || c.SendBatch(nil, []string{"a"}, nil) == nil {
+			t.Fatal("bad batch accepted by the client")
+		}
+		long := make([]string, 600)
+		for i := range long {
+			long[i] = fmt.Sprintf("name-%d", i)
+		}
+		if c.SendBatch(long, nil, nil) == nil {
+			t.Fatal("batch over the datagram size accepted")
+		}
+		// Refused by the server: two names for one fd, FDNAME mixed in.
+		if err := c.Notify("FDSTORE=1\nX_VFSD_FDNAMES=p:q", a); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Notify("FDSTORE=1\nFDNAME=r\nX_VFSD_FDNAMES=r", a); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Notify("X_VFSD_REMOVE=old:bad name\x01"); err != nil {
+			t.Fatal(err)
+		}
+		s.Drain()
+		if got := s.Names(); !equal(got, []string{"old"}) {
+			t.Fatalf("names %v after malformed batches", got)
+		}
+		if n := strings.Count(lb.String(), "malformed batch"); n != 3 {
+			t.Fatalf("%d malformed batches logged, want 3:\n%s", n, lb.String())
+		}
+	})
+	if after := countFDs(t); after != before {
+		t.Fatalf("fd leak: %d fds before, %d after", before, after)
+	}
+}
+
+// TestCoalesce: with Coalesce, datagrams sent while the reader waits are
+// all applied, in order, and Close ends a waiting reader promptly.
+func TestCoalesce(t *testing.T) {
+	s, c, _ := newServer(t, Config{Coalesce: 50 * time.Millisecond})
+	for i := range 100 {
+		fd := memfd(t, fmt.Sprint(i))
+		if err := c.Store(fmt.Sprintf("n%d", i%10), fd); err != nil {
+			t.Fatal(err)
+		}
+		if i%10 == 9 {
+			c.Remove(fmt.Sprintf("n%d", i%7))
+		}
+	}
+	time.Sleep(120 * time.Millisecond) // the reader wakes at least once
+	s.Drain()
+	// Recompute what the store must hold: apply the same sequence to a map.
+	want := map[string]int{}
+	for i := range 100 {
+		want[fmt.Sprintf("n%d", i%10)]++
+		if i%10 == 9 {
+			delete(want, fmt.Sprintf("n%d", i%7))
+		}
+	}
+	n := 0
+	for _, v := range want {
+		n += v
+	}
+	if s.Len() != n {
+		t.Fatalf("store holds %d fds, want %d", s.Len(), n)
+	}
+	start := time.Now()
+	s.Close()
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("Close took %v", d)
+	}
+}

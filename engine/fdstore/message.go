@@ -23,9 +23,21 @@ type Message struct {
 	HasFDName bool
 	FDPoll    bool // FDPOLL=0 -> false; true when absent
 
+	// vfsd extension (Client.SendBatch), ignored by systemd as unknown:
+	// X_VFSD_REMOVE= names removed before anything is stored, in order;
+	// X_VFSD_FDNAMES= one name per attached fd, in order (with FDSTORE=1).
+	RemoveNames []string
+	FDNames     []string
+
 	Unknown []string // other assignments, kept for logging
 	NumFDs  int      // fds that came with the datagram
 }
+
+// The variables of a batched datagram (Client.SendBatch).
+const (
+	batchRemoveVar = "X_VFSD_REMOVE"
+	batchNamesVar  = "X_VFSD_FDNAMES"
+)
 
 // maxDatagram is the largest datagram accepted (systemd: NOTIFY_BUFFER_MAX).
 const maxDatagram = 4096
@@ -74,6 +86,10 @@ func ParseMessage(b []byte) (Message, error) {
 			m.FDName, m.HasFDName = v, true
 		case "FDPOLL":
 			m.FDPoll = v != "0"
+		case batchRemoveVar:
+			m.RemoveNames = strings.Split(v, ":")
+		case batchNamesVar:
+			m.FDNames = strings.Split(v, ":")
 		default:
 			m.Unknown = append(m.Unknown, k)
 		}

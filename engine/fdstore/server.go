@@ -1,17 +1,23 @@
 package fdstore
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
+
+// channelSndBuf is the send buffer asked for the worker's end of a
+// Channel when reads are coalesced: room for thousands of small datagrams.
+const channelSndBuf = 4 << 20
 
 // DefaultMaxFDs is the default cap on stored fds.
 const DefaultMaxFDs = 4096
@@ -32,23 +38,36 @@ type Config struct {
 	// OnMessage, if set, is called after each accepted datagram has been
 	// applied, with a receiver lock held (it must not call Drain or Close).
 	OnMessage func(Message)
+	// Coalesce, if positive, is how long a receiver waits after emptying
+	// its socket before it looks again. Datagrams sent meanwhile stay
+	// queued in the socket (already durable for their sender) and are read
+	// together, so a busy sender wakes the server once per Coalesce instead
+	// of once per datagram. 0: each datagram is read as it arrives.
+	Coalesce time.Duration
 }
 
 type entry struct {
-	name     string
-	fd       int
-	dev, ino uint64
+	name string
+	fd   int
+	seq  uint64 // store order
 }
 
 // receiver is one socket the server reads datagrams from.
+//
+// It is read by its own goroutine blocked in poll(2), not through the Go
+// netpoller: a socket registered with epoll wakes an idle runtime thread on
+// every datagram even while nobody reads it, which would defeat
+// Config.Coalesce. The socket is non-blocking; only poll blocks.
 type receiver struct {
 	mu   sync.Mutex // serialises recv+apply on this socket (ordering)
-	f    *os.File
-	rc   syscall.RawConn
+	fd   int        // the socket; closed by close, after the reader ended
+	stop int        // eventfd: written by close to end the reader
+	done chan struct{}
 	desc string
 	path string // bound filesystem path to unlink on close, or ""
 	buf  []byte // +checklocks:mu
 	oob  []byte // +checklocks:mu
+	shut bool   // +checklocks:mu; fds closed
 }
 
 // Server receives sd_notify(3) datagrams and keeps the stored fds by name.
@@ -59,18 +78,20 @@ type Server struct {
 	max int
 
 	mu      sync.Mutex
-	entries []entry     // +checklocks:mu; insertion order
-	channel *receiver   // +checklocks:mu; current Channel() socket
-	listens []*receiver // +checklocks:mu; Listen() sockets
-	closed  bool        // +checklocks:mu
-	dropped uint64      // +checklocks:mu; fds closed because of the cap
+	byName  map[string][]entry // +checklocks:mu; each name's fds in store order
+	nfds    int                // +checklocks:mu; fds in byName
+	seq     uint64             // +checklocks:mu; last entry.seq
+	channel *receiver          // +checklocks:mu; current Channel() socket
+	listens []*receiver        // +checklocks:mu; Listen() sockets
+	closed  bool               // +checklocks:mu
+	dropped uint64             // +checklocks:mu; fds closed because of the cap
 
 	wg sync.WaitGroup // reader goroutines
 }
 
 // NewServer returns an empty store with no receiving socket yet.
 func NewServer(cfg Config) *Server {
-	s := &Server{cfg: cfg, log: cfg.Logger, max: cfg.MaxFDs}
+	s := &Server{cfg: cfg, log: cfg.Logger, max: cfg.MaxFDs, byName: map[string][]entry{}}
 	if s.log == nil {
 		s.log = slog.Default()
 	}
@@ -91,6 +112,14 @@ func (s *Server) Channel() (*os.File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fdstore: socketpair: %w", err)
 	}
+	if s.cfg.Coalesce > 0 {
+		// Datagrams wait in the socket up to Coalesce; they are charged to
+		// the sender's send buffer until read. Make room for a burst
+		// (SO_SNDBUFFORCE needs CAP_NET_ADMIN; else the wmem_max cap).
+		if unix.SetsockoptInt(fds[1], unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, channelSndBuf) != nil {
+			_ = unix.SetsockoptInt(fds[1], unix.SOL_SOCKET, unix.SO_SNDBUF, channelSndBuf)
+		}
+	}
 	rx, err := newReceiver(fds[0], "channel", "")
 	if err != nil {
 		unix.Close(fds[1])
@@ -99,7 +128,7 @@ func (s *Server) Channel() (*os.File, error) {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
-		rx.f.Close()
+		rx.closeUnstarted()
 		unix.Close(fds[1])
 		return nil, errors.New("fdstore: server closed")
 	}
@@ -143,7 +172,10 @@ func (s *Server) Listen(addr string) error {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
-		rx.close()
+		rx.closeUnstarted()
+		if path != "" {
+			os.Remove(path)
+		}
 		return errors.New("fdstore: server closed")
 	}
 	s.listens = append(s.listens, rx)
@@ -158,35 +190,76 @@ func newReceiver(fd int, desc, path string) (*receiver, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("fdstore: set nonblock: %w", err)
 	}
-	f := os.NewFile(uintptr(fd), "fdstore-"+desc)
-	rc, err := f.SyscallConn()
+	stop, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
 	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("fdstore: %w", err)
+		unix.Close(fd)
+		return nil, fmt.Errorf("fdstore: eventfd: %w", err)
 	}
 	return &receiver{
-		f: f, rc: rc, desc: desc, path: path,
+		fd: fd, stop: stop, done: make(chan struct{}), desc: desc, path: path,
 		buf: make([]byte, maxDatagram),
 		oob: make([]byte, unix.CmsgSpace(MaxFDsPerMessage*4)+unix.CmsgSpace(unix.SizeofUcred)),
 	}, nil
 }
 
+// close ends the reader (waiting for an apply in progress), then closes the
+// socket and unlinks its path.
 func (rx *receiver) close() {
-	rx.f.Close() // waits for an in-progress read callback
+	var one = [8]byte{1}
+	unix.Write(rx.stop, one[:])
+	<-rx.done
+	rx.mu.Lock() // a concurrent Drain may still hold the socket
+	rx.shut = true
+	rx.closeUnstarted()
+	rx.mu.Unlock()
 	if rx.path != "" {
 		os.Remove(rx.path)
 	}
 }
 
-// serve reads rx until it is closed.
+// closeUnstarted closes the fds of a receiver whose reader never ran (or
+// has ended).
+func (rx *receiver) closeUnstarted() {
+	unix.Close(rx.fd)
+	unix.Close(rx.stop)
+}
+
+// serve reads rx until it is closed: poll for a datagram, read and apply
+// everything queued, then (Coalesce) wait before polling again.
 func (s *Server) serve(rx *receiver) {
 	defer s.wg.Done()
-	_ = rx.rc.Read(func(fd uintptr) bool {
+	defer close(rx.done)
+	pfd := []unix.PollFd{{Fd: int32(rx.fd), Events: unix.POLLIN}, {Fd: int32(rx.stop), Events: unix.POLLIN}}
+	var pause *unix.Timespec
+	if s.cfg.Coalesce > 0 {
+		ts := unix.NsecToTimespec(s.cfg.Coalesce.Nanoseconds())
+		pause = &ts
+	}
+	for {
+		pfd[0].Revents, pfd[1].Revents = 0, 0
+		if _, err := unix.Poll(pfd, -1); err != nil {
+			if err == unix.EINTR {
+				continue
+			}
+			s.log.Error("fdstore: poll failed; receiver stopped", "socket", rx.desc, "err", err)
+			return
+		}
+		if pfd[1].Revents != 0 {
+			return
+		}
 		rx.mu.Lock()
-		defer rx.mu.Unlock()
-		s.recvAllLocked(rx, int(fd))
-		return false // always wait for the next datagram; ends when closed
-	})
+		s.recvAllLocked(rx, rx.fd)
+		rx.mu.Unlock()
+		if pause != nil {
+			// Sleep on the stop eventfd alone: the socket has no waiter
+			// meanwhile, so sends into it wake nobody.
+			stopOnly := pfd[1:]
+			stopOnly[0].Revents = 0
+			if n, _ := unix.Ppoll(stopOnly, pause, nil); n > 0 {
+				return
+			}
+		}
+	}
 }
 
 // Drain reads and applies every datagram already queued on the server's
@@ -207,7 +280,9 @@ func (s *Server) Drain() {
 func (s *Server) drain(rx *receiver) {
 	rx.mu.Lock()
 	defer rx.mu.Unlock()
-	_ = rx.rc.Control(func(fd uintptr) { s.recvAllLocked(rx, int(fd)) })
+	if !rx.shut {
+		s.recvAllLocked(rx, rx.fd)
+	}
 }
 
 // recvAllLocked receives and applies datagrams until the socket is empty.
@@ -280,6 +355,10 @@ func (s *Server) apply(b []byte, fds []int) {
 		closeFDs(fds)
 		return
 	}
+	if m.RemoveNames != nil || m.FDNames != nil {
+		s.applyBatch(m, fds)
+		return
+	}
 	name := DefaultName
 	if m.HasFDName {
 		name = m.FDName
@@ -304,6 +383,34 @@ func (s *Server) apply(b []byte, fds []int) {
 			s.log.Warn("fdstore: fds sent without FDSTORE=1; closed", "fds", len(fds))
 			closeFDs(fds)
 		}
+	}
+	if s.cfg.OnMessage != nil {
+		s.cfg.OnMessage(m)
+	}
+}
+
+// applyBatch handles a datagram of Client.SendBatch; it owns fds. A batch
+// is all or nothing: any invalid name, or names that do not match the fds
+// one to one, reject the whole datagram (fds closed).
+func (s *Server) applyBatch(m Message, fds []int) {
+	bad := m.FDNames != nil && (!m.Store || len(m.FDNames) != len(fds)) ||
+		m.FDNames == nil && len(fds) > 0 || m.RemoveFDs || m.HasFDName
+	for _, n := range m.RemoveNames {
+		bad = bad || !ValidName(n)
+	}
+	for _, n := range m.FDNames {
+		bad = bad || !ValidName(n)
+	}
+	if bad {
+		s.log.Warn("fdstore: malformed batch datagram ignored", "removes", len(m.RemoveNames), "names", len(m.FDNames), "fds", len(fds))
+		closeFDs(fds)
+		return
+	}
+	for _, n := range m.RemoveNames {
+		s.remove(n, true)
+	}
+	for i, n := range m.FDNames {
+		_ = s.add(n, fds[i:i+1], true)
 	}
 	if s.cfg.OnMessage != nil {
 		s.cfg.OnMessage(m)
@@ -352,23 +459,19 @@ func (s *Server) add(name string, fds []int, forward bool) error {
 		return errors.New("fdstore: server closed")
 	}
 	for _, fd := range fds {
-		var st unix.Stat_t
-		if err := unix.Fstat(fd, &st); err != nil {
-			s.log.Warn("fdstore: cannot fstat received fd; closed", "name", name, "err", err)
+		if s.hasSameLocked(name, fd) {
 			unix.Close(fd)
 			continue
 		}
-		if s.hasSameLocked(name, fd, &st) {
-			unix.Close(fd)
-			continue
-		}
-		if len(s.entries) >= s.max {
+		if s.nfds >= s.max {
 			unix.Close(fd)
 			s.dropped++
 			full++
 			continue
 		}
-		s.entries = append(s.entries, entry{name: name, fd: fd, dev: st.Dev, ino: st.Ino})
+		s.seq++
+		s.byName[name] = append(s.byName[name], entry{name: name, fd: fd, seq: s.seq})
+		s.nfds++
 		kept = append(kept, fd)
 	}
 	s.mu.Unlock()
@@ -390,13 +493,16 @@ func (s *Server) add(name string, fds []int, forward bool) error {
 }
 
 // hasSameLocked reports whether the open file behind fd is already stored
-// under name. Precondition: s.mu held.
-func (s *Server) hasSameLocked(name string, fd int, st *unix.Stat_t) bool {
+// under name (kcmp KCMP_FILE: the same open file description). Only the
+// name's own fds are compared, so a store under a new name costs no
+// syscall. Precondition: s.mu held.
+func (s *Server) hasSameLocked(name string, fd int) bool {
+	same := s.byName[name]
+	if len(same) == 0 {
+		return false
+	}
 	pid := uintptr(os.Getpid())
-	for _, e := range s.entries {
-		if e.name != name || e.dev != st.Dev || e.ino != st.Ino {
-			continue
-		}
+	for _, e := range same {
 		r, _, errno := unix.Syscall6(unix.SYS_KCMP, pid, pid, 0 /* KCMP_FILE */, uintptr(e.fd), uintptr(fd), 0)
 		if errno == 0 && r == 0 {
 			return true
@@ -405,24 +511,29 @@ func (s *Server) hasSameLocked(name string, fd int, st *unix.Stat_t) bool {
 	return false
 }
 
+// orderedLocked returns every entry in store order. Precondition: s.mu held.
+func (s *Server) orderedLocked() []entry {
+	out := make([]entry, 0, s.nfds)
+	for _, es := range s.byName {
+		out = append(out, es...)
+	}
+	slices.SortFunc(out, func(a, b entry) int { return cmp.Compare(a.seq, b.seq) })
+	return out
+}
+
 // Remove closes and forgets every fd stored under name and forwards the
 // removal upstream. It returns how many fds were removed.
 func (s *Server) Remove(name string) int { return s.remove(name, true) }
 
 func (s *Server) remove(name string, forward bool) int {
 	s.mu.Lock()
-	kept := s.entries[:0]
-	n := 0
-	for _, e := range s.entries {
-		if e.name == name {
-			unix.Close(e.fd)
-			n++
-			continue
-		}
-		kept = append(kept, e)
+	es := s.byName[name]
+	for _, e := range es {
+		unix.Close(e.fd)
 	}
-	clear(s.entries[len(kept):])
-	s.entries = kept
+	n := len(es)
+	delete(s.byName, name)
+	s.nfds -= n
 	s.mu.Unlock()
 	if forward && s.cfg.Upstream != nil && ValidName(UpstreamPrefix+name) {
 		if err := s.cfg.Upstream.Notify("FDSTOREREMOVE=1\nFDNAME=" + UpstreamPrefix + name); err != nil {
@@ -444,7 +555,7 @@ func (s *Server) RemoveAll() {
 func (s *Server) Len() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return len(s.entries)
+	return s.nfds
 }
 
 // Dropped returns how many fds were closed because the store was full.
@@ -460,7 +571,7 @@ func (s *Server) Names() []string {
 	defer s.mu.Unlock()
 	var names []string
 	seen := map[string]bool{}
-	for _, e := range s.entries {
+	for _, e := range s.orderedLocked() {
 		if !seen[e.name] {
 			seen[e.name] = true
 			names = append(names, e.name)
@@ -474,8 +585,9 @@ func (s *Server) Names() []string {
 func (s *Server) Entries() []NamedFD {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := make([]NamedFD, len(s.entries))
-	for i, e := range s.entries {
+	all := s.orderedLocked()
+	out := make([]NamedFD, len(all))
+	for i, e := range all {
 		out[i] = NamedFD{Name: e.name, FD: e.fd}
 	}
 	return out
@@ -490,11 +602,11 @@ func (s *Server) Entries() []NamedFD {
 func (s *Server) ChildFiles() (env []string, files []*os.File, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if len(s.entries) == 0 {
+	if s.nfds == 0 {
 		return nil, nil, nil
 	}
-	names := make([]string, 0, len(s.entries))
-	for _, e := range s.entries {
+	names := make([]string, 0, s.nfds)
+	for _, e := range s.orderedLocked() {
 		nfd, err := unix.FcntlInt(uintptr(e.fd), unix.F_DUPFD_CLOEXEC, 3)
 		if err != nil {
 			for _, f := range files {
@@ -533,10 +645,13 @@ func (s *Server) Close() error {
 	}
 	s.wg.Wait()
 	s.mu.Lock()
-	for _, e := range s.entries {
-		unix.Close(e.fd)
+	for _, es := range s.byName {
+		for _, e := range es {
+			unix.Close(e.fd)
+		}
 	}
-	s.entries = nil
+	clear(s.byName)
+	s.nfds = 0
 	s.mu.Unlock()
 	return nil
 }

@@ -147,7 +147,7 @@ func (fs *FS) resumeLocks() {
 		if !ok {
 			unix.Close(fd)
 			if fs.store != nil {
-				fs.store.Remove(name)
+				fs.sq.remove(name)
 			}
 			continue
 		}
@@ -197,7 +197,7 @@ func (fs *FS) ownerLock(h *handle, owner uint64, create bool) (*plock, unix.Errn
 	stored := false
 	if e == 0 && fs.store != nil {
 		// Durable before any lock is taken on it.
-		if err := fs.storeFD(lkName(k.nodeid, k.owner), fd); err != nil {
+		if err := fs.storeFD(lkName(k.nodeid, k.owner), fd, true); err != nil {
 			fs.storeErrs.Add(1)
 		}
 		stored = true
@@ -300,12 +300,21 @@ func (fs *FS) dropAllLocks(store bool) {
 // killPlock closes an unlinked plock once its users are done, after
 // removing its stored copy (a crash in between leaves a stored fd that the
 // next worker takes back: FLUSH and FORGET re-executed drop it again).
+//
+// The owner's locks are dropped explicitly first: the store's copy keeps
+// the open file description, and with it the OFD locks, alive until the
+// supervisor reads the remove (up to its coalescing delay later), and the
+// guest may take a conflicting lock as soon as FLUSH is answered.
 func (fs *FS) killPlock(k plockKey, p *plock) {
 	p.ready.Lock()
 	failed := p.err != 0
 	p.ready.Unlock()
+	if !failed {
+		un := unix.Flock_t{Type: unix.F_UNLCK, Whence: 0, Start: 0, Len: 0}
+		unix.FcntlFlock(uintptr(p.fd), unix.F_OFD_SETLK, &un)
+	}
 	if !failed && fs.store != nil {
-		fs.store.Remove(lkName(k.nodeid, k.owner))
+		fs.sq.remove(lkName(k.nodeid, k.owner))
 		crash(cpStore)
 	}
 	p.kill()

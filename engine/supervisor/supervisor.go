@@ -211,7 +211,7 @@ func New(cfg Config) (*Supervisor, error) {
 	s.sess = newSession(s.log.Warn)
 	s.store = fdstore.NewServer(fdstore.Config{
 		MaxFDs: cfg.MaxStoredFDs, Logger: s.log, Upstream: cfg.Upstream,
-		OnMessage: s.onWorkerNotify,
+		OnMessage: s.onWorkerNotify, Coalesce: storeCoalesce,
 	})
 	if err := s.store.Adopt(cfg.Restored); err != nil {
 		s.log.Warn("some restored fds were not adopted", "err", err)
@@ -233,6 +233,17 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	return s.Run(ctx)
 }
+
+// storeCoalesce is how long the fd store's reader waits between reads of
+// the worker's notify socket. A worker stores or removes an fd for every
+// CREATE, RELEASE, last-link UNLINK and FORGET of such an inode; read one
+// by one, each datagram woke the supervisor, which on a 2-core host cost
+// as much CPU as serving the request (create at depth 32: 231 µs/op
+// against 71 µs/op without recovery). Stores are durable once sent (they
+// sit in the socket, and Drain reads them after a crash), so reading later
+// loses nothing; 1 ms keeps the queued datagrams well inside the worker's
+// socket send buffer at any request rate seen here.
+const storeCoalesce = time.Millisecond
 
 // onWorkerNotify forwards the worker's state notifications upstream.
 func (s *Supervisor) onWorkerNotify(m fdstore.Message) {
