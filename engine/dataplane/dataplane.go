@@ -36,6 +36,16 @@ type Options struct {
 // any goroutine, any number of times; later waits are not prevented.
 type Canceller interface{ CancelWaits() }
 
+// Flusher is implemented by handlers that defer work a reply depends on
+// (the passthrough FS queues its fd-store messages): Flush completes it.
+// A queue calls it before publishing used elements, from the queue thread.
+type Flusher interface{ Flush() }
+
+// Idler is implemented by handlers with deferred work that may wait while
+// requests flow but not while the queue sleeps: a queue calls Idle before
+// it blocks without a timeout of zero, from the queue thread.
+type Idler interface{ Idle() }
+
 // Stopping a queue whose blocking requests have not all completed within
 // stopGrace cancels the handler's waits (Canceller), again every
 // cancelEvery until they have: a request still in the pool's FIFO at the
@@ -48,10 +58,12 @@ const (
 // Dataplane runs the queues of one device. Its vhostuser.Backend methods are
 // called by the device's goroutine; Close by whoever owns the Dataplane.
 type Dataplane struct {
-	h    fuse.Handler
-	log  *slog.Logger
-	o    Options
-	pool *pool
+	h     fuse.Handler
+	flush Flusher // h's, or nil
+	idle  Idler   // h's, or nil
+	log   *slog.Logger
+	o     Options
+	pool  *pool
 
 	mu     sync.Mutex
 	queues map[int]*queue // +checklocks:mu
@@ -78,6 +90,8 @@ func New(o Options) (*Dataplane, error) {
 		o.Logger = slog.Default()
 	}
 	d := &Dataplane{h: o.Handler, log: o.Logger, o: o, queues: make(map[int]*queue)}
+	d.flush, _ = o.Handler.(Flusher)
+	d.idle, _ = o.Handler.(Idler)
 	d.pool = newPool(o.PoolSize, d.runJob)
 	return d, nil
 }

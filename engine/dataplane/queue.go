@@ -231,6 +231,11 @@ func (q *queue) run() {
 		case q.kick < 0 && active:
 			timeout = pollMillis
 		}
+		if timeout != 0 && q.d.idle != nil && q.idx > 0 {
+			// Not queue 0, virtio-fs's hiprio queue: it sleeps after every
+			// FORGET, whose deferred work can wait for a request queue.
+			q.d.idle.Idle()
+		}
 		n, err := q.wait(timeout)
 		if err != nil {
 			q.exitErr = err
@@ -380,6 +385,9 @@ func (q *queue) publish() {
 		return
 	}
 	q.pushed = 0
+	if q.d.flush != nil {
+		q.d.flush.Flush() // what the replies rely on reaches the fd store first
+	}
 	crashpoint.Hit(crashpoint.MidPublish)
 	kick := q.vq.Publish()
 	crashpoint.Hit(crashpoint.AfterPublish)

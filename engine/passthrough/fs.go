@@ -129,6 +129,7 @@ type FS struct {
 	nq      int // lookup counters per inode record (queues)
 	irec    int // inode record size
 	store   FDStore
+	sq      *storeQueue // the FS's own names go through it; nil without store
 	// lazy: resumed from a previous worker's state; records may exist
 	// that have no in-memory inode or handle yet.
 	lazy      bool
@@ -209,6 +210,9 @@ func New(o Options) (*FS, error) {
 	fs := &FS{opts: o, policy: pol, procfd: -1, mountfd: -1, byKey: make(map[maptable.Key]*inode),
 		euid: uint32(unix.Geteuid()), egid: uint32(unix.Getegid()), store: o.FDStore,
 		nq: o.Queues, irec: recCnt + 8*o.Queues}
+	if o.FDStore != nil {
+		fs.sq = newStoreQueue(o.FDStore)
+	}
 	fs.bufs.New = func() any {
 		return &scratch{buf: make([]byte, scratchBuf), iov: make([]unix.Iovec, 0, 64)}
 	}
@@ -270,6 +274,8 @@ func New(o Options) (*FS, error) {
 			fs.setSession(s)
 		}
 		fs.resumeLocks()
+		fs.sweepOrphans()
+		fs.Idle() // the removes of what the predecessor left over
 		return fs, nil
 	}
 	rec := make([]byte, fs.irec)
@@ -329,6 +335,7 @@ func (fs *FS) TableStats() (inodes, inodesCap, handles, handlesCap int) {
 
 // Close releases every fd and both maps. Requests must have stopped.
 func (fs *FS) Close() error {
+	fs.Idle() // queued removes; stores were flushed with their replies
 	fs.locks.cancelAll()
 	fs.dropAllLocks(false) // the store's copies keep the locks for a successor
 	fs.hmu.Lock()
@@ -580,7 +587,7 @@ func (fs *FS) opDestroy(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {
 	fs.hslots.each(func(_ uint32, h *handle) {
 		fs.handles.Delete(h.id)
 		if fs.store != nil {
-			fs.store.Remove(fhName(uint64(h.id)))
+			fs.sq.remove(fhName(uint64(h.id)))
 		}
 		fs.uncacheDir(h)
 		h.kill()
@@ -596,7 +603,7 @@ func (fs *FS) opDestroy(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {
 	for _, id := range ids {
 		fs.handles.Delete(id)
 		if fs.store != nil {
-			fs.store.Remove(fhName(uint64(id)))
+			fs.sq.remove(fhName(uint64(id)))
 		}
 	}
 	fs.hmu.Unlock()
@@ -604,7 +611,7 @@ func (fs *FS) opDestroy(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {
 	fs.islots.each(func(_ uint32, in *inode) {
 		fs.inodes.Delete(in.tid)
 		if in.flags&recKept != 0 && fs.store != nil {
-			fs.store.Remove(inoName(uint64(in.tid)))
+			fs.sq.remove(inoName(uint64(in.tid)))
 		}
 		in.kill()
 	})
@@ -625,7 +632,7 @@ func (fs *FS) opDestroy(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {
 	for i, id := range ids {
 		fs.inodes.Delete(id)
 		if kept[i] && fs.store != nil {
-			fs.store.Remove(inoName(uint64(id)))
+			fs.sq.remove(inoName(uint64(id)))
 		}
 	}
 	fs.imu.Unlock()

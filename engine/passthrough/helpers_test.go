@@ -63,6 +63,9 @@ type tfs struct {
 	queue   int
 	head    uint16
 	resumed bool
+	// noFlush: the reply is not "published" (no FS.Flush after the
+	// request), as when the worker dies before the batch's publish.
+	noFlush bool
 }
 
 func newTFS(t testing.TB, o Options) *tfs {
@@ -144,6 +147,10 @@ func (c *tfs) callOut(outLen int, op uint32, nodeid uint64, args ...[]byte) (uni
 	clear(out)
 	c.rep.Reset(fuse.Scatter{out[:min(outLen, 5)], out[min(outLen, 5):]}, c.unique)
 	c.fs.Handle(&c.req, &c.rep)
+	if !c.noFlush {
+		c.fs.Flush() // as the dataplane does before publishing the reply
+		c.fs.Idle()  // and before it sleeps (tests count the store's fds)
+	}
 	if !c.rep.Done() {
 		panic("reply not done")
 	}

@@ -322,7 +322,7 @@ func (fs *FS) forget(x *txn, nodeid, n uint64, index uint32) {
 			fs.imu.Unlock()
 			if in == nil {
 				if fs.store != nil {
-					fs.store.Remove(inoName(nodeid)) // the crash may have come before
+					fs.sq.remove(inoName(nodeid)) // the crash may have come before
 				}
 				fs.dropInodeLocks(nodeid)
 			}
@@ -351,7 +351,7 @@ func (fs *FS) forget(x *txn, nodeid, n uint64, index uint32) {
 	fs.imu.Unlock()
 	crash(cpMaptable)
 	if kept && fs.store != nil {
-		fs.store.Remove(inoName(nodeid))
+		fs.sq.remove(inoName(nodeid))
 		crash(cpStore)
 	}
 	in.kill()
@@ -632,7 +632,7 @@ func (fs *FS) newHandle(k maptable.Key, fd int, nodeid uint64, flags int, dir bo
 	fs.hmu.Unlock()
 	crash(cpMaptable)
 	if fs.store != nil {
-		if fs.storeFD(fhName(uint64(id)), fd) != nil {
+		if fs.storeFD(fhName(uint64(id)), fd, false) != nil {
 			fs.storeErrs.Add(1)
 		}
 		crash(cpStore)
@@ -661,13 +661,64 @@ func (fs *FS) getHandle(fh uint64) (*handle, unix.Errno) {
 		return nil, unix.EBADF
 	}
 	fs.hmu.Lock()
+	h, eno := fs.materializeHandleLocked(maptable.ID(fh), -1)
+	if eno == errNoStoredFD {
+		// The record is there, its fd never reached the store (storeQueue:
+		// the worker died between the journal's done record and the
+		// flush). Re-open it from its inode, outside hmu (the inode may
+		// have to be loaded: imu).
+		fs.hmu.Unlock()
+		fd, eno2 := fs.reopenHandle(maptable.ID(fh))
+		if eno2 != 0 {
+			return nil, eno2
+		}
+		fs.hmu.Lock()
+		h, eno = fs.materializeHandleLocked(maptable.ID(fh), fd)
+	}
 	defer fs.hmu.Unlock()
-	h, eno := fs.materializeHandleLocked(maptable.ID(fh))
 	if eno != 0 {
 		return nil, eno
 	}
 	h.pins.Add(1)
 	return h, 0
+}
+
+// errNoStoredFD: materializeHandleLocked found the record but no fd.
+const errNoStoredFD = unix.Errno(^uintptr(0))
+
+// reopenHandle opens the file or directory of handle record id again, with
+// the record's flags (those that only matter at creation removed), through
+// its inode. Only regular files and directories: opening anything else
+// could block or have side effects.
+func (fs *FS) reopenHandle(id maptable.ID) (int, unix.Errno) {
+	var rec [handleRecSize]byte
+	fs.hmu.RLock()
+	err := fs.handles.Get(id, rec[:])
+	fs.hmu.RUnlock()
+	if err != nil {
+		return -1, unix.EBADF
+	}
+	le := binary.LittleEndian
+	nodeid, flags, kind := le.Uint64(rec[0:]), int(le.Uint32(rec[8:])), le.Uint32(rec[12:])
+	in, eno := fs.getInode(nodeid)
+	if eno != 0 {
+		return -1, eno
+	}
+	defer in.unpin()
+	var fd int
+	switch {
+	case kind == kindFile && in.typ == unix.S_IFREG:
+		flags &^= unix.O_CREAT | unix.O_EXCL | unix.O_TRUNC | unix.O_NOCTTY | unix.O_NOFOLLOW | (unix.O_TMPFILE &^ unix.O_DIRECTORY)
+		fd, err = fs.reopen(in.fd, flags|unix.O_CLOEXEC)
+	case kind == kindDir && in.typ == unix.S_IFDIR:
+		fd, err = openat(in.fd, dotName[:1], unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	default:
+		return -1, unix.EBADF
+	}
+	if err != nil {
+		return -1, errno(err)
+	}
+	return fd, 0
 }
 
 // removeHandle unlinks fh from the table and the fd store and returns it
@@ -696,7 +747,7 @@ func (fs *FS) removeHandle(fh uint64) (*handle, unix.Errno) {
 		fs.uncacheDir(h)
 		crash(cpMaptable)
 		if fs.store != nil {
-			fs.store.Remove(fhName(fh))
+			fs.sq.remove(fhName(fh))
 			crash(cpStore)
 		}
 		return h, 0

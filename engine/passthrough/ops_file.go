@@ -481,7 +481,7 @@ func (fs *FS) release(x *txn, rep *fuse.Reply, arg []byte, dir bool) {
 		if x.res != nil {
 			// Released before the crash; the store's copy may remain.
 			if fs.store != nil {
-				fs.store.Remove(fhName(in.Fh))
+				fs.sq.remove(fhName(in.Fh))
 			}
 			x.ok(rep, nil, nil)
 			return

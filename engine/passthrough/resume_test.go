@@ -64,6 +64,20 @@ func (s *fakeStore) Remove(name string) error {
 	return nil
 }
 
+// SendBatch applies a batch as the supervisor's store does: the removes,
+// then the stores.
+func (s *fakeStore) SendBatch(removes, names []string, fds []int) error {
+	for _, n := range removes {
+		s.Remove(n)
+	}
+	for i, n := range names {
+		if err := s.Store(n, fds[i]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // handBack is what a new worker receives: one duplicate per name.
 func (s *fakeStore) handBack(t testing.TB) map[string]int {
 	s.mu.Lock()

@@ -60,12 +60,16 @@ type FDStore interface {
 func inoName(id uint64) string { return "ino." + strconv.FormatUint(id, 16) }
 func fhName(id uint64) string  { return "fh." + strconv.FormatUint(id, 16) }
 
-// storeFD hands fd to the store under name. The crash point
+// storeFD hands fd to the store under name: queued until the next flush
+// (storeQueue), or durable on return with now. The crash point
 // mid-fd-handover comes first: the fd exists (and its handle or inode
 // record may), the store does not have it.
-func (fs *FS) storeFD(name string, fd int) error {
+func (fs *FS) storeFD(name string, fd int, now bool) error {
 	crashpoint.Hit(crashpoint.MidFDHandover)
-	return fs.store.Store(name, fd)
+	if now {
+		return fs.sq.storeNow(name, fd)
+	}
+	return fs.sq.store(name, fd)
 }
 
 // StoreErrors is the number of fd store calls that failed (those fds would
@@ -99,7 +103,7 @@ func (fs *FS) keep(in *inode) {
 		return
 	}
 	defer in.unpin()
-	if err := fs.storeFD(inoName(uint64(in.tid)), in.fd); err != nil {
+	if err := fs.storeFD(inoName(uint64(in.tid)), in.fd, true); err != nil {
 		fs.storeErrs.Add(1)
 		return
 	}
@@ -222,7 +226,7 @@ func (fs *FS) materializeLocked(id maptable.ID, fd int) (*inode, unix.Errno) {
 	in.fd = fd
 	if in.flags&recKept == 0 && fs.store != nil && (st.Nlink == 0 || !hasFh) {
 		// Reachable now (an fd kept it alive), not after the next restart.
-		if fs.storeFD(inoName(uint64(id)), fd) == nil {
+		if fs.storeFD(inoName(uint64(id)), fd, true) == nil {
 			in.flags |= recKept
 		}
 	}
@@ -234,26 +238,39 @@ func (fs *FS) materializeLocked(id maptable.ID, fd int) (*inode, unix.Errno) {
 }
 
 // materializeHandleLocked loads the handle of record id after a restart,
-// with the fd the store handed back as "fh.<id>". EBADF when the record or
-// the fd is missing or they disagree.
+// with fd (which it owns) or else the fd the store handed back as
+// "fh.<id>". EBADF when the record is missing or disagrees with the fd;
+// errNoStoredFD when there is no fd (the caller may re-open the handle).
 // Precondition: fs.hmu held for writing.
-func (fs *FS) materializeHandleLocked(id maptable.ID) (*handle, unix.Errno) {
+func (fs *FS) materializeHandleLocked(id maptable.ID, fd int) (*handle, unix.Errno) {
 	if h := fs.hslots.get(id.Slot()); h != nil && h.id == id {
+		if fd >= 0 {
+			unix.Close(fd) // loaded meanwhile by another request
+		}
 		return h, 0
 	}
 	var rec [handleRecSize]byte
 	if fs.handles.Get(id, rec[:]) != nil {
+		if fd >= 0 {
+			unix.Close(fd)
+		}
 		return nil, unix.EBADF
 	}
 	le := binary.LittleEndian
 	h := &handle{id: id, nodeid: le.Uint64(rec[0:]), flags: int(le.Uint32(rec[8:]))}
 	kind := le.Uint32(rec[12:])
 	if kind != kindFile && kind != kindDir {
+		if fd >= 0 {
+			unix.Close(fd)
+		}
 		return nil, unix.EBADF
 	}
-	fd := fs.takeFD(fhName(uint64(id)))
+	reopened := fd >= 0
 	if fd < 0 {
-		return nil, unix.EBADF
+		fd = fs.takeFD(fhName(uint64(id)))
+	}
+	if fd < 0 {
+		return nil, errNoStoredFD
 	}
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil || (st.Mode&unix.S_IFMT == unix.S_IFDIR) != (kind == kindDir) {
@@ -265,6 +282,9 @@ func (fs *FS) materializeHandleLocked(id maptable.ID) (*handle, unix.Errno) {
 		h.dir = &dirState{}
 	}
 	fs.installHandleLocked(h)
+	if reopened && fs.store != nil && fs.storeFD(fhName(uint64(id)), fd, false) != nil {
+		fs.storeErrs.Add(1)
+	}
 	return h, 0
 }
 

@@ -266,6 +266,33 @@ func (c *storeCounter) Remove(name string) error {
 	return err
 }
 
+// SendBatch forwards a batch (fdstore.Client.SendBatch) and counts it.
+func (c *storeCounter) SendBatch(removes, names []string, fds []int) error {
+	b, ok := c.s.(batchSender)
+	if !ok {
+		return errors.New("fd store: batches not supported")
+	}
+	err := b.SendBatch(removes, names, fds)
+	if err == nil {
+		c.mu.Lock()
+		for _, name := range removes {
+			c.n -= c.byName[name]
+			delete(c.byName, name)
+		}
+		for _, name := range names {
+			c.byName[name]++
+		}
+		c.n += len(names)
+		c.mu.Unlock()
+	}
+	return err
+}
+
+// batchSender is implemented by *fdstore.Client.
+type batchSender interface {
+	SendBatch(removes, names []string, fds []int) error
+}
+
 // Len is the number of fds in the store for this worker.
 func (c *storeCounter) Len() int {
 	c.mu.Lock()

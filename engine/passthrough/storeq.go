@@ -1,0 +1,231 @@
+package passthrough
+
+import (
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+
+	"vfsd/engine/fdstore"
+	"vfsd/maptable"
+)
+
+// BatchStore is an FDStore that can send several removes and stores in one
+// message (*fdstore.Client, and the worker's counting wrapper, implement
+// it). With it the FS queues its fd-store traffic and sends it once per
+// batch of requests; without it every store and remove is one message.
+type BatchStore interface {
+	SendBatch(removes, names []string, fds []int) error
+}
+
+// storeQueue carries the FS's own fd-store traffic (the "fh.", "ino." and
+// "lk." names). A CREATE, RELEASE, last-link UNLINK and FORGET each store or
+// remove one fd; one message each cost a sendmsg in the worker and a
+// wake-up, recvmsg and fstat in the supervisor, more than the request
+// itself. Queued, a drained batch of requests costs one message.
+//
+// Invariants:
+//   - Order: the store applies stores and removes in the order they were
+//     queued. A remove cancels a queued store of the same name (so a store
+//     followed by a remove of one name never share a message), and a
+//     message applies its removes before its stores (so a remove followed
+//     by a store of one name keep their order, as "lk." names need).
+//   - Durability: a queued store is in the store once Flush returns. The
+//     dataplane calls FS.Flush before it publishes any used element, so no
+//     reply naming a queued fd reaches the guest before the fd is durable.
+//     A crash between the request's journal done record and the flush
+//     leaves a handle record without its fd: materializeHandle re-opens the
+//     handle from its inode then. Where an fd must be durable before a
+//     host syscall (an inode's last link is about to go; a lock fd before
+//     the lock), the caller uses storeNow.
+//   - A queued store owns a duplicate of the fd: the caller may close its
+//     own at any time.
+//   - Removes need no durability: one lost in a crash leaves an fd whose
+//     record is gone, which the next worker drops (sweepOrphans). They wait
+//     in the queue for the next flush, at most maxQueuedRemoves of them.
+type storeQueue struct {
+	out   FDStore
+	batch BatchStore // nil: no queueing
+
+	queued atomic.Bool // something is queued (flush's fast path)
+	stores atomic.Bool // a store is queued (Flush's fast path)
+
+	mu      sync.Mutex
+	removes []string // +checklocks:mu
+	names   []string // +checklocks:mu
+	fds     []int    // +checklocks:mu; duplicates, owned here
+	text    int      // +checklocks:mu; fdstore.BatchTextLen(removes, names)
+}
+
+// maxQueuedRemoves bounds the removes waiting for a flush (the fds they
+// would close stay open in the store until then).
+const maxQueuedRemoves = 64
+
+func newStoreQueue(out FDStore) *storeQueue {
+	q := &storeQueue{out: out}
+	if b, ok := out.(BatchStore); ok {
+		q.batch = b
+	}
+	return q
+}
+
+// store queues fd under name (a duplicate; the caller keeps fd).
+func (q *storeQueue) store(name string, fd int) error {
+	if q.batch == nil {
+		return q.out.Store(name, fd)
+	}
+	dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	var ferr error
+	if len(q.fds)+1 > fdstore.MaxFDsPerMessage || q.text+len(name)+32 > fdstore.MaxBatchText {
+		ferr = q.flushLocked()
+	}
+	q.names = append(q.names, name)
+	q.fds = append(q.fds, dup)
+	q.text = fdstore.BatchTextLen(q.removes, q.names)
+	q.queued.Store(true)
+	q.stores.Store(true)
+	return ferr
+}
+
+// storeNow stores fd under name and returns once it is durable, with
+// everything queued before it.
+func (q *storeQueue) storeNow(name string, fd int) error {
+	if q.batch == nil {
+		return q.out.Store(name, fd)
+	}
+	if err := q.store(name, fd); err != nil {
+		return err
+	}
+	return q.flush()
+}
+
+// remove queues the removal of every fd stored under name.
+func (q *storeQueue) remove(name string) error {
+	if q.batch == nil {
+		return q.out.Remove(name)
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for i := 0; i < len(q.names); i++ {
+		if q.names[i] == name {
+			unix.Close(q.fds[i])
+			q.names = append(q.names[:i], q.names[i+1:]...)
+			q.fds = append(q.fds[:i], q.fds[i+1:]...)
+			i--
+		}
+	}
+	var ferr error
+	if len(q.removes) >= maxQueuedRemoves || q.text+len(name)+32 > fdstore.MaxBatchText {
+		ferr = q.flushLocked()
+	}
+	q.removes = append(q.removes, name)
+	q.text = fdstore.BatchTextLen(q.removes, q.names)
+	q.queued.Store(true)
+	return ferr
+}
+
+// flush sends everything queued.
+func (q *storeQueue) flush() error {
+	if q.batch == nil || !q.queued.Load() {
+		return nil
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.flushLocked()
+}
+
+// flushStores sends everything queued if a store is queued; removes alone
+// wait (for a store, maxQueuedRemoves, or idle).
+func (q *storeQueue) flushStores() error {
+	if q.batch == nil || !q.stores.Load() {
+		return nil
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.flushLocked()
+}
+
+// flushLocked sends the queue as one message. Precondition: q.mu held.
+func (q *storeQueue) flushLocked() error {
+	if len(q.removes)+len(q.names) == 0 {
+		q.queued.Store(false)
+		return nil
+	}
+	err := q.batch.SendBatch(q.removes, q.names, q.fds)
+	for _, fd := range q.fds {
+		unix.Close(fd)
+	}
+	clear(q.names)
+	clear(q.removes)
+	q.removes, q.names, q.fds, q.text = q.removes[:0], q.names[:0], q.fds[:0], 0
+	q.queued.Store(false)
+	q.stores.Store(false)
+	return err
+}
+
+// Flush makes the fd stores queued by the requests served so far durable
+// (see storeQueue); the dataplane calls it before publishing replies.
+// Queued removes go along, or wait for the next store or Idle.
+func (fs *FS) Flush() {
+	if fs.sq == nil {
+		return
+	}
+	if err := fs.sq.flushStores(); err != nil {
+		fs.storeErrs.Add(1)
+	}
+}
+
+// Idle sends everything queued, removes included (so that the store does
+// not keep released files open); the dataplane calls it before a queue
+// sleeps.
+func (fs *FS) Idle() {
+	if fs.sq == nil {
+		return
+	}
+	if err := fs.sq.flush(); err != nil {
+		fs.storeErrs.Add(1)
+	}
+}
+
+// sweepOrphans drops the handed-back "fh." and "ino." fds whose records are
+// gone (a remove lost with the previous worker). Precondition: resuming,
+// maps open, before any request.
+func (fs *FS) sweepOrphans() {
+	var rec []byte
+	fs.rmu.Lock()
+	defer fs.rmu.Unlock()
+	for name, fd := range fs.resumeFDs {
+		var t *maptable.Table
+		var id uint64
+		var err error
+		canon := func(uint64) string { return "" }
+		switch {
+		case strings.HasPrefix(name, "fh."):
+			t, canon = fs.handles, fhName
+			id, err = strconv.ParseUint(name[3:], 16, 64)
+		case strings.HasPrefix(name, "ino."):
+			t, canon = fs.inodes, inoName
+			id, err = strconv.ParseUint(name[4:], 16, 64)
+		default:
+			continue
+		}
+		if rec == nil {
+			rec = make([]byte, max(fs.irec, handleRecSize))
+		}
+		if err == nil && name == canon(id) && t.Get(maptable.ID(id), rec[:t.ValueSize()]) == nil {
+			continue
+		}
+		unix.Close(fd)
+		delete(fs.resumeFDs, name)
+		if fs.sq != nil {
+			fs.sq.remove(name)
+		}
+	}
+}
