@@ -56,6 +56,17 @@
 // (FileDescriptorStoreMax=) holds the same fds. Adopt takes the prefixed fds
 // back from a later LISTEN_FDS and leaves the socket-activation ones alone.
 //
+// Batches (vfsd extension, Client.SendBatch): X_VFSD_REMOVE=a:b removes
+// names, then FDSTORE=1 with X_VFSD_FDNAMES=c:d stores the attached fds one
+// per name, in that order, in one datagram (sd_notify names cannot contain
+// ':'). systemd would ignore the variables; only the supervisor's channel
+// carries them, and upstream forwarding stays one message per name.
+//
+// Coalescing (Config.Coalesce): a receiver is read by a goroutine blocked
+// in poll(2) (not the netpoller, which would wake on every datagram); after
+// emptying its socket it waits Coalesce before looking again. Datagrams
+// wait in the socket meanwhile, already durable for their sender.
+//
 // Lock order: Server.rxMu (one per receiving socket) -> Server.mu.
 // Callbacks (Config.OnMessage) and upstream sends run with a receiver lock
 // held and Server.mu not held.
