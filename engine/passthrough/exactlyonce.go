@@ -59,8 +59,10 @@ import (
 //	open        OPEN, OPENDIR: handle records are keyed by (queue, head,
 //	            journal generation, unique); a resubmitted open finds its
 //	            handle with one lookup and answers that fh (its fd is in the
-//	            fd store, "fh.<id>"); a record whose fd never reached the
-//	            store is deleted and the open re-executed. No handle leaks.
+//	            fd store, "fh.<id>"; a record whose fd never reached the
+//	            store, still queued when the worker died, is re-opened from
+//	            its inode, see storeQueue; one that cannot be is deleted and
+//	            the open re-executed). No handle leaks.
 //	create      CREATE: pre = start. Handle found → answer it. Else, when the
 //	            ref record shows the inode counted, re-open that inode via
 //	            procfs (no second create, no O_TRUNC). Else re-execute with

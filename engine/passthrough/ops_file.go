@@ -94,7 +94,8 @@ func (fs *FS) opOpen(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {
 
 // resumedHandle is the open rule: the handle the crashed run of this
 // resubmitted request created, found by its key. A record whose fd never
-// reached the store is deleted (the open is then re-executed).
+// reached the store is re-opened from its inode (getHandle); one that
+// cannot be is deleted (the open is then re-executed).
 func (fs *FS) resumedHandle(x *txn, req *fuse.Request) (uint64, bool) {
 	if x.res == nil {
 		return 0, false
