@@ -18,7 +18,7 @@ import (
 //	  16     4    slots        slot count N, 2..MaxSlots
 //	  20     4    valueSize    caller's value bytes per slot, 0..MaxValueSize
 //	  24     4    recordSize   bytes per slot record: roundup8(slotHdrLen+valueSize)
-//	  28     4    reserved     0
+//	  28     4    flags        flagBlocked (new tables); 0 in tables of older builds
 //	  32     8    seed         hash seed, random at Create
 //	  40     8    check        mix checksum of bytes [0,40)
 //	  64     8    count        used slots (Len); exact, repaired by Open
@@ -47,7 +47,7 @@ const (
 	offSlots      = 16
 	offValueSize  = 20
 	offRecordSize = 24
-	offReserved   = 28
+	offFlags      = 28
 	offSeed       = 32
 	offCheck      = 40
 	hdrCheckedLen = 40 // bytes covered by the header checksum
@@ -70,6 +70,26 @@ const (
 	MaxValueSize = 1 << 16
 	// maxTotal caps the memfd size (it is sparse, but must be mappable).
 	maxTotal = 1 << 42
+)
+
+// Header flags.
+//
+// flagBlocked: a key's home slot is chosen per block of 64 consecutive
+// Key[1] values (inode numbers, for the inode map): the block's base is
+// hashed (seed, Key[0], Key[1]>>6, Key[2]) and the key sits at base +
+// Key[1]%64. Inodes created together have consecutive numbers, so their
+// records share pages: a directory walk that meets new inodes touches one
+// fresh page per ~20 records instead of one per record (the table is a
+// sparse memfd, every first touch a page fault), and probes stay in cache.
+// Blocks are still placed at random, and 64 keys per block bound the
+// clusters they form. Tables of older builds (flags 0) keep one hash per
+// key; a build that predates the flag refuses a table that has it.
+const (
+	flagBlocked = 1
+	knownFlags  = flagBlocked
+
+	blockShift = 6
+	blockMask  = 1<<blockShift - 1
 )
 
 // Slot states.
@@ -98,6 +118,7 @@ type slotHdr struct {
 
 // layout is the validated geometry of a table.
 type layout struct {
+	flags      uint32 // header flags (flagBlocked)
 	slots      uint32
 	valueSize  uint32
 	recordSize uint32
@@ -208,8 +229,9 @@ func parseHeader(b []byte, size int64) (layout, uint64, error) {
 	if h := ne.Uint32(b[offHeaderSize:]); h != l.headerSize {
 		return layout{}, 0, fmt.Errorf("%w: header size %d, layout needs %d", ErrCorrupt, h, l.headerSize)
 	}
-	if r := ne.Uint32(b[offReserved:]); r != 0 {
-		return layout{}, 0, fmt.Errorf("%w: reserved header field %#x", ErrCorrupt, r)
+	l.flags = ne.Uint32(b[offFlags:])
+	if l.flags&^knownFlags != 0 {
+		return layout{}, 0, fmt.Errorf("%w: unknown header flags %#x", ErrCorrupt, l.flags)
 	}
 	for off := offCheck + 8; off < offCount; off += 8 {
 		if r := ne.Uint64(b[off:]); r != 0 {
@@ -232,7 +254,7 @@ func putHeader(b []byte, l layout, seed uint64) {
 	ne.PutUint32(b[offSlots:], l.slots)
 	ne.PutUint32(b[offValueSize:], l.valueSize)
 	ne.PutUint32(b[offRecordSize:], l.recordSize)
-	ne.PutUint32(b[offReserved:], 0)
+	ne.PutUint32(b[offFlags:], l.flags)
 	ne.PutUint64(b[offSeed:], seed)
 	ne.PutUint64(b[offCheck:], headerCheck(b))
 }

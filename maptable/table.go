@@ -66,6 +66,7 @@ type Table struct {
 	vsize   int
 	maxUsed uint32
 	seed    uint64
+	blocked bool // flagBlocked: homes per block of 64 Key[1] values
 	// +checklocks:mu
 	cursor uint32 // next-fit start for keyless inserts
 	// +checklocks:mu
@@ -91,6 +92,7 @@ func Create(name string, slots int, valueSize int) (*Table, error) {
 	if err != nil {
 		return nil, fmt.Errorf("maptable: create %q: %v", name, err)
 	}
+	l.flags = flagBlocked
 	var sb [8]byte
 	if _, err := io.ReadFull(rand.Reader, sb[:]); err != nil {
 		return nil, fmt.Errorf("maptable: create %q: seed: %w", name, err)
@@ -131,6 +133,7 @@ func newTable(fd int, m mapping, l layout, seed uint64) *Table {
 		vsize:   int(l.valueSize),
 		maxUsed: maxUsed(l.slots),
 		seed:    seed,
+		blocked: l.flags&flagBlocked != 0,
 		scratch: make([]byte, l.valueSize),
 	}
 	t.purgeAt = t.purgeStep()
@@ -246,6 +249,10 @@ func (t *Table) step() {
 
 // home returns the first slot of k's probe sequence.
 func (t *Table) home(k Key) uint32 {
+	if t.blocked {
+		base, _ := bits.Mul64(hashKey(t.seed, Key{k[0], k[1] >> blockShift, k[2]}), uint64(t.n))
+		return uint32((base + k[1]&blockMask) % uint64(t.n))
+	}
 	hi, _ := bits.Mul64(hashKey(t.seed, k), uint64(t.n))
 	return uint32(hi)
 }
