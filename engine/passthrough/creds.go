@@ -30,33 +30,45 @@ import (
 // Host files owned by an unmapped id show as the overflow id
 // (/proc/sys/kernel/overflowuid, 65534) in attributes: kernel behaviour.
 
+// credState says what asUser/asCreator changed on the thread, for asSelf
+// and asSelfCreator to undo (nothing when the guest user is the daemon's
+// own ids: no syscall either way).
+type credState uint8
+
+const (
+	credIDs    credState = 1 << iota // fsuid/fsgid switched
+	credGroups                       // supplementary groups replaced
+)
+
 // asUser switches the calling thread's fsuid/fsgid to uid/gid. On success the
-// caller must call fs.asSelf exactly once.
-func (fs *FS) asUser(uid, gid uint32) error {
+// caller must call fs.asSelf exactly once with the returned state.
+func (fs *FS) asUser(uid, gid uint32) (credState, error) {
 	runtime.LockOSThread()
 	if uid == fs.euid && gid == fs.egid {
-		return nil
+		return 0, nil
 	}
 	unix.RawSyscall(unix.SYS_SETFSGID, uintptr(gid), 0, 0)
 	if cur, _, _ := unix.RawSyscall(unix.SYS_SETFSGID, ^uintptr(0), 0, 0); uint32(cur) != gid {
 		unix.RawSyscall(unix.SYS_SETFSGID, uintptr(fs.egid), 0, 0)
 		runtime.UnlockOSThread()
-		return switchErr(gidMaps, gid)
+		return 0, switchErr(gidMaps, gid)
 	}
 	unix.RawSyscall(unix.SYS_SETFSUID, uintptr(uid), 0, 0)
 	if cur, _, _ := unix.RawSyscall(unix.SYS_SETFSUID, ^uintptr(0), 0, 0); uint32(cur) != uid {
 		unix.RawSyscall(unix.SYS_SETFSUID, uintptr(fs.euid), 0, 0)
 		unix.RawSyscall(unix.SYS_SETFSGID, uintptr(fs.egid), 0, 0)
 		runtime.UnlockOSThread()
-		return switchErr(uidMaps, uid)
+		return 0, switchErr(uidMaps, uid)
 	}
-	return nil
+	return credIDs, nil
 }
 
 // asSelf restores the process's credentials on the calling thread.
-func (fs *FS) asSelf() {
-	unix.RawSyscall(unix.SYS_SETFSUID, uintptr(fs.euid), 0, 0)
-	unix.RawSyscall(unix.SYS_SETFSGID, uintptr(fs.egid), 0, 0)
+func (fs *FS) asSelf(c credState) {
+	if c&credIDs != 0 {
+		unix.RawSyscall(unix.SYS_SETFSUID, uintptr(fs.euid), 0, 0)
+		unix.RawSyscall(unix.SYS_SETFSGID, uintptr(fs.egid), 0, 0)
+	}
 	runtime.UnlockOSThread()
 }
 
@@ -132,31 +144,34 @@ func switchErr(m *idMaps, id uint32) error {
 // group (setgroups is per thread as a raw syscall), so the host grants the
 // write access the guest user has through that group, as in the guest. If
 // the host refuses setgroups (a user namespace that denies it) the request
-// runs without it. sg reports whether asSelfCreator must restore the groups.
-func (fs *FS) asCreator(req *fuse.Request) (sg bool, err error) {
-	if err := fs.asUser(req.UID, req.GID); err != nil {
-		return false, err
+// runs without it. The state says what asSelfCreator must restore.
+func (fs *FS) asCreator(req *fuse.Request) (credState, error) {
+	c, err := fs.asUser(req.UID, req.GID)
+	if err != nil {
+		return 0, err
 	}
 	if !fs.has(fuse.FlagCreateSuppGroup) {
-		return false, nil
+		return c, nil
 	}
 	g, ok := req.SuppGroup()
 	if !ok || g == req.GID || (req.UID == fs.euid && req.GID == fs.egid) {
-		return false, nil
+		return c, nil
 	}
-	_, _, e := unix.RawSyscall(unix.SYS_SETGROUPS, 1, uintptr(unsafe.Pointer(&g)), 0)
-	return e == 0, nil
+	if _, _, e := unix.RawSyscall(unix.SYS_SETGROUPS, 1, uintptr(unsafe.Pointer(&g)), 0); e == 0 {
+		c |= credGroups
+	}
+	return c, nil
 }
 
 // asSelfCreator undoes asCreator: the process's supplementary groups (when
-// sg), then asSelf.
-func (fs *FS) asSelfCreator(sg bool) {
-	if sg {
+// replaced), then asSelf.
+func (fs *FS) asSelfCreator(c credState) {
+	if c&credGroups != 0 {
 		var p uintptr
 		if len(fs.groups) > 0 {
 			p = uintptr(unsafe.Pointer(&fs.groups[0]))
 		}
 		unix.RawSyscall(unix.SYS_SETGROUPS, uintptr(len(fs.groups)), p, 0)
 	}
-	fs.asSelf()
+	fs.asSelf(c)
 }

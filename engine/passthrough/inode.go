@@ -113,13 +113,13 @@ func (fs *FS) encodeInodeRec(b []byte, in *inode) bool {
 	for i, c := range in.cnt {
 		le.PutUint64(b[recCnt+8*i:], uint64(c))
 	}
-	fh, _, err := unix.NameToHandleAt(in.fd, "", unix.AT_EMPTY_PATH)
-	if err != nil || fh.Size() > maxHandleSize {
+	var fh fileHandle
+	if nameToHandle(in.fd, &fh) != nil || fh.bytes > maxHandleSize {
 		return false
 	}
-	le.PutUint32(b[recFhType:], uint32(fh.Type()))
-	le.PutUint32(b[recFhLen:], uint32(fh.Size()))
-	copy(b[recFh:recFh+maxHandleSize], fh.Bytes())
+	le.PutUint32(b[recFhType:], uint32(fh.typ))
+	le.PutUint32(b[recFhLen:], fh.bytes)
+	copy(b[recFh:recFh+maxHandleSize], fh.f[:fh.bytes])
 	return true
 }
 

@@ -700,13 +700,14 @@ func (fs *FS) opAccess(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {
 		return
 	}
 	defer in.unpin()
-	if err := fs.asUser(req.UID, req.GID); err != nil {
+	c, err := fs.asUser(req.UID, req.GID)
+	if err != nil {
 		rep.Error(errno(err))
 		return
 	}
 	// AT_EACCESS: check with the thread's fs credentials, not the real ids.
-	err := faccessat2(in.fd, nil, a.Mask, unix.AT_EMPTY_PATH|unix.AT_EACCESS|unix.AT_SYMLINK_NOFOLLOW)
-	fs.asSelf()
+	err = faccessat2(in.fd, nil, a.Mask, unix.AT_EMPTY_PATH|unix.AT_EACCESS|unix.AT_SYMLINK_NOFOLLOW)
+	fs.asSelf(c)
 	if err != nil {
 		rep.Error(errno(err))
 		return

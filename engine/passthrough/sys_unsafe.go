@@ -116,3 +116,20 @@ func faccessat2(dirfd int, name []byte, mode uint32, flags int) error {
 		uintptr(mode), uintptr(flags), 0, 0)
 	return errnoErr(e)
 }
+
+// fileHandle is struct file_handle with room for maxHandleSize bytes.
+type fileHandle struct {
+	bytes uint32
+	typ   int32
+	f     [maxHandleSize]byte
+}
+
+// nameToHandle is name_to_handle_at(fd, "", AT_EMPTY_PATH) into h, without
+// the allocations of x/sys's form (one per new inode on READDIRPLUS).
+func nameToHandle(fd int, h *fileHandle) error {
+	h.bytes = maxHandleSize
+	var mnt int32
+	_, _, e := unix.Syscall6(unix.SYS_NAME_TO_HANDLE_AT, uintptr(fd), uintptr(unsafe.Pointer(&emptyPath[0])),
+		uintptr(unsafe.Pointer(h)), uintptr(unsafe.Pointer(&mnt)), unix.AT_EMPTY_PATH, 0)
+	return errnoErr(e)
+}
