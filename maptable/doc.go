@@ -24,7 +24,10 @@
 // # Key index
 //
 // Open addressing with linear probing over the slots themselves, from the
-// slot hash(seed, Key) selects. A slot is free, used or a tombstone; lookups
+// key's home slot: in new tables (header flag flagBlocked) base + Key[1]%64
+// with base = hash(seed, Key[0], Key[1]>>6, Key[2]), so that consecutive
+// inode numbers share pages (see layout.go); in tables of older builds
+// hash(seed, Key). A slot is free, used or a tombstone; lookups
 // stop at a free slot. Invariant: between an entry's home slot and its slot
 // there is no free slot. Delete makes a slot free when the next one is free
 // (and then frees the tombstones right before it), else a tombstone; when
