@@ -242,6 +242,12 @@ func beginWrite(b []byte) uint32 {
 	} else {
 		q += 2
 	}
+	if q == ^uint32(0) {
+		// endWrite's q+1 would wrap to 0, which reads as never written
+		// (after 2^31 writes to one record, or a stray value in a mapped
+		// memfd: found by FuzzJournalMap).
+		q = 1
+	}
 	storeU32(b, q)
 	return q
 }
