@@ -15,6 +15,11 @@ import (
 const (
 	EnvNotifySocket = "NOTIFY_SOCKET"  // systemd: path or @abstract name
 	EnvNotifyFD     = "VFSD_NOTIFY_FD" // vfsd: inherited connected SOCK_DGRAM socket
+	// EnvBatch=1 tells a sender that its receiver applies SendBatch
+	// datagrams. A supervisor older than the batches stores a batch's fds
+	// under "stored" and ignores its removes, so a worker sends batches
+	// only when its supervisor set this.
+	EnvBatch = "VFSD_FDSTORE_BATCH"
 )
 
 // MaxFDsPerMessage is the kernel's limit on fds in one SCM_RIGHTS message

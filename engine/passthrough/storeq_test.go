@@ -211,3 +211,30 @@ func TestSweepOrphans(t *testing.T) {
 		t.Errorf("READ through the live handle: %q %v", p, e)
 	}
 }
+
+// plainStore is a fakeStore without SendBatch: an fd store that takes one
+// message per store and remove (a supervisor older than the batches).
+type plainStore struct{ s *fakeStore }
+
+func (p plainStore) Store(name string, fds ...int) error { return p.s.Store(name, fds...) }
+func (p plainStore) Remove(name string) error            { return p.s.Remove(name) }
+
+// TestStoreWithoutBatches: with a store that cannot take batches, every
+// store and remove reaches it at once, without any flush.
+func TestStoreWithoutBatches(t *testing.T) {
+	dir := t.TempDir()
+	st := newFakeStore(t)
+	c := newTFS(t, Options{Root: dir, FDStore: plainStore{st}})
+	c.queue = 1
+	c.noFlush = true
+	os.WriteFile(c.path("f"), []byte("x"), 0o644)
+	f := c.mustLookup(fuse.RootID, "f")
+	fh := c.open(f.NodeID, unix.O_RDONLY)
+	if got := st.names("fh."); !slices.Equal(got, []string{fhName(fh)}) {
+		t.Fatalf("store holds %v right after OPEN, want [%s]", got, fhName(fh))
+	}
+	c.call(fuse.OpRelease, f.NodeID, b(fuse.ReleaseIn{Fh: fh}))
+	if got := st.names("fh."); len(got) != 0 {
+		t.Fatalf("store holds %v right after RELEASE", got)
+	}
+}

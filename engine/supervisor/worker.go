@@ -45,6 +45,7 @@ type worker struct {
 var controlEnv = []string{
 	fdstore.EnvNotifySocket, fdstore.EnvNotifyFD, fdstore.EnvListenFDs,
 	fdstore.EnvListenPID, fdstore.EnvListenFDNames, fdstore.EnvListenChild, EnvResume, EnvRestarts,
+	fdstore.EnvBatch,
 }
 
 func workerEnv(base []string) []string {
@@ -130,7 +131,7 @@ func (s *Supervisor) spawn(resume bool) (*worker, error) {
 	args := append(append([]string(nil), s.cfg.WorkerArgs...), VhostFDArg+"="+strconv.Itoa(vhostFD))
 	cmd := exec.Command(s.path, args...)
 	cmd.Env = append(workerEnv(s.cfg.Env), listenEnv...)
-	cmd.Env = append(cmd.Env, fdstore.EnvNotifyFD+"="+strconv.Itoa(vhostFD+1))
+	cmd.Env = append(cmd.Env, fdstore.EnvNotifyFD+"="+strconv.Itoa(vhostFD+1), fdstore.EnvBatch+"=1")
 	if resume {
 		cmd.Env = append(cmd.Env, EnvResume+"=1")
 	}

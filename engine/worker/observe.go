@@ -266,8 +266,13 @@ func (c *storeCounter) Remove(name string) error {
 	return err
 }
 
+// batchCounter is a storeCounter that also sends batches, for a worker
+// whose supervisor applies them (fdstore.EnvBatch); the passthrough queues
+// its fd-store traffic only through one (passthrough.BatchStore).
+type batchCounter struct{ *storeCounter }
+
 // SendBatch forwards a batch (fdstore.Client.SendBatch) and counts it.
-func (c *storeCounter) SendBatch(removes, names []string, fds []int) error {
+func (c batchCounter) SendBatch(removes, names []string, fds []int) error {
 	b, ok := c.s.(batchSender)
 	if !ok {
 		return errors.New("fd store: batches not supported")

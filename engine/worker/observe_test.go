@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"vfsd/engine/fdstore"
+	"vfsd/engine/passthrough"
 )
 
 func TestCheckAddr(t *testing.T) {
@@ -79,5 +80,19 @@ func TestStoreCounter(t *testing.T) {
 	c.Remove("zzz")
 	if c.Len() != 3 {
 		t.Fatalf("a failed store or unknown remove counted: %d", c.Len())
+	}
+}
+
+// TestFSStoreBatchesOnlyWhenAnnounced: the filesystem gets a batch sender
+// only when the supervisor announced it applies batches.
+func TestFSStoreBatchesOnlyWhenAnnounced(t *testing.T) {
+	c := newStoreCounter(nil, nil)
+	t.Setenv(fdstore.EnvBatch, "")
+	if _, ok := fsStore(c).(passthrough.BatchStore); ok {
+		t.Error("batches without the supervisor's announcement")
+	}
+	t.Setenv(fdstore.EnvBatch, "1")
+	if _, ok := fsStore(c).(passthrough.BatchStore); !ok {
+		t.Error("no batches although the supervisor announced them")
 	}
 }

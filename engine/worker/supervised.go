@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -98,7 +99,7 @@ func runSupervised(ctx context.Context, o Options, log *slog.Logger) error {
 	}
 	po := passthrough.Options{Root: o.SharedDir, Cache: o.Cache, Xattr: !o.NoXattr,
 		Writeback: o.Writeback, AllowDirectIO: o.AllowDirectIO,
-		Queues: journalQueues(o.RequestQueues), FDStore: counted,
+		Queues: journalQueues(o.RequestQueues), FDStore: fsStore(counted),
 		ProcSelfFD: sandbox.ProcSelfFD()} // > 0 in the chroot sandbox only
 	if resume {
 		po.Resume = byName // the filesystem owns them from here on
@@ -163,4 +164,14 @@ func raiseNofile() error {
 	}
 	rl.Cur = rl.Max
 	return unix.Setrlimit(unix.RLIMIT_NOFILE, &rl)
+}
+
+// fsStore is the fd store the filesystem gets: one that sends batches when
+// the supervisor says it applies them (fdstore.EnvBatch), else one message
+// per store and remove.
+func fsStore(c *storeCounter) passthrough.FDStore {
+	if os.Getenv(fdstore.EnvBatch) == "1" {
+		return batchCounter{c}
+	}
+	return c
 }
