@@ -231,9 +231,10 @@ func (q *queue) run() {
 		case q.kick < 0 && active:
 			timeout = pollMillis
 		}
-		if timeout != 0 && q.d.idle != nil && q.idx > 0 {
-			// Not queue 0, virtio-fs's hiprio queue: it sleeps after every
-			// FORGET, whose deferred work can wait for a request queue.
+		if timeout != 0 && q.d.idle != nil {
+			// Every queue, the hiprio one too: after a guest's last FORGET
+			// nothing else may come to send the removes it queued (the
+			// store would keep a deleted file's space allocated).
 			q.d.idle.Idle()
 		}
 		n, err := q.wait(timeout)

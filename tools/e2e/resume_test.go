@@ -298,3 +298,44 @@ func startSupervised(t *testing.T, depth int, extra ...string) *Env {
 	}
 	return e
 }
+
+// TestStoreReleasesWhenIdle: the fd-store traffic of CREATE, RELEASE,
+// UNLINK and the guest's FORGET (hiprio queue) is queued in the worker;
+// once the guest stops, the removes reach the store too: it drops back to
+// what it held before (a deleted file's space is not kept allocated by a
+// stored fd), and nothing was stored under another name.
+func TestStoreReleasesWhenIdle(t *testing.T) {
+	if kind, err := daemon.FromEnv(); err != nil || kind != daemon.Vfsd {
+		t.Skip("vfsd's supervisor only")
+	}
+	e := startSupervised(t, 4)
+	ctl := e.Daemon.Socket + ".ctl"
+	before := workerStatus(t, ctl).StoredFDs
+	for i := range 20 {
+		name := fmt.Sprintf("f%d", i)
+		ent, open, err := e.C.Create(e.Ctx, root, name, uint32(os.O_RDWR), 0o644, 0)
+		must(t, "CREATE", err)
+		if got := workerStatus(t, ctl).StoredFDs; i == 0 && got <= before {
+			// The CREATE's reply was published, so its fd is in the
+			// store (the supervisor reads it within a millisecond).
+			time.Sleep(20 * time.Millisecond)
+			if got = workerStatus(t, ctl).StoredFDs; got <= before {
+				t.Fatalf("stored fds %d after a CREATE, %d before", got, before)
+			}
+		}
+		must(t, "RELEASE", e.C.Release(e.Ctx, ent.NodeID, open.FH, 0, 0, 0))
+		must(t, "UNLINK", e.C.Unlink(e.Ctx, root, name))
+		must(t, "FORGET", e.C.Forget(e.Ctx, ent.NodeID, 1))
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		got := workerStatus(t, ctl).StoredFDs
+		if got == before {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("stored fds %d five seconds after the guest went idle, %d before", got, before)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
