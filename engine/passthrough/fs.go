@@ -252,6 +252,9 @@ func New(o Options) (*FS, error) {
 	if fs.mountfd, err = openat(rootfd, dotName[:1], unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err != nil {
 		return fail("open root", err)
 	}
+	if fs.sq != nil {
+		fs.sq.lazy = fs.canOpenByHandle(rootfd)
+	}
 	if err := fs.openState(&o); err != nil {
 		return fail("state", err)
 	}

@@ -487,6 +487,15 @@ func (fs *FS) setlk(req *fuse.Request, rep *fuse.Reply, arg []byte, wait bool) {
 	}
 	defer h.unpin()
 	flock := in.LkFlags&fuse.LkFlock != 0
+	if flock && fl.Type != unix.F_UNLCK && fs.sq != nil {
+		// The flock lives on the handle's open file description: its fd
+		// must be in the store before the lock is taken (a lazily queued
+		// handle store would otherwise be re-opened, lockless, after a
+		// crash).
+		if err := fs.sq.flush(); err != nil {
+			fs.storeErrs.Add(1)
+		}
+	}
 	var p *plock
 	if !flock {
 		// An unlock by an owner without a lock fd has nothing to drop.

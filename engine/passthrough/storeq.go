@@ -5,6 +5,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -32,14 +33,19 @@ type BatchStore interface {
 //     followed by a remove of one name never share a message), and a
 //     message applies its removes before its stores (so a remove followed
 //     by a store of one name keep their order, as "lk." names need).
-//   - Durability: a queued store is in the store once Flush returns. The
-//     dataplane calls FS.Flush before it publishes any used element, so no
-//     reply naming a queued fd reaches the guest before the fd is durable.
-//     A crash between the request's journal done record and the flush
-//     leaves a handle record without its fd: materializeHandle re-opens the
-//     handle from its inode then. Where an fd must be durable before a
-//     host syscall (an inode's last link is about to go; a lock fd before
-//     the lock), the caller uses storeNow.
+//   - Durability: only handle fds are queued (store); everything else is
+//     durable on return (storeNow). A handle whose fd is not in the store
+//     when the worker dies is re-opened from its inode by the next one
+//     (getHandle, reopenHandle: the record's flags minus O_CREAT, O_EXCL,
+//     O_TRUNC), so where open_by_handle_at works (lazy) queued handle
+//     stores wait for Idle, a storeNow or the limits, at most lazyMax
+//     (then the next publish sends them): an OPEN and its RELEASE within
+//     that time cost no message at all (the remove cancels the store). What re-opening cannot restore is made durable
+//     first: a flock is taken only after a flush (the lock lives on the
+//     handle's open file description), and an open file's inode losing its
+//     last link is kept (storeNow) before the unlink. Without
+//     open_by_handle_at (a user namespace), FS.Flush sends queued stores
+//     before the dataplane publishes the replies naming them.
 //   - A queued store owns a duplicate of the fd: the caller may close its
 //     own at any time.
 //   - Removes need no durability: one lost in a crash leaves an fd whose
@@ -48,9 +54,17 @@ type BatchStore interface {
 type storeQueue struct {
 	out   FDStore
 	batch BatchStore // nil: no queueing
+	// lazy: queued stores are flushed before a publish only once the
+	// oldest has waited lazyMax; else they go with the next storeNow, at
+	// Idle or at the limits.
+	// Only the FS's handle fds are queued, and a handle whose fd is not in
+	// the store is re-opened from its inode after a crash (reopenHandle),
+	// which needs open_by_handle_at: the FS sets lazy when it works.
+	lazy bool
 
-	queued atomic.Bool // something is queued (flush's fast path)
-	stores atomic.Bool // a store is queued (Flush's fast path)
+	queued atomic.Bool  // something is queued (flush's fast path)
+	stores atomic.Bool  // a store is queued (Flush's fast path)
+	since  atomic.Int64 // monotonic ns when the oldest queued store was queued
 
 	mu      sync.Mutex
 	removes []string // +checklocks:mu
@@ -58,6 +72,16 @@ type storeQueue struct {
 	fds     []int    // +checklocks:mu; duplicates, owned here
 	text    int      // +checklocks:mu; fdstore.BatchTextLen(removes, names)
 }
+
+// lazyMax bounds how long a queued handle store waits in lazy mode: the
+// window in which a file deleted on the host, then a crash, costs the
+// guest that open file (see the invariants).
+var lazyMax = 10 * time.Millisecond // a variable for tests
+
+// nanotime is a monotonic clock in ns.
+func nanotime() int64 { return int64(time.Since(epoch)) }
+
+var epoch = time.Now()
 
 // maxQueuedRemoves bounds the removes waiting for a flush (the fds they
 // would close stay open in the store until then).
@@ -90,7 +114,10 @@ func (q *storeQueue) store(name string, fd int) error {
 	q.fds = append(q.fds, dup)
 	q.text = fdstore.BatchTextLen(q.removes, q.names)
 	q.queued.Store(true)
-	q.stores.Store(true)
+	if !q.stores.Load() {
+		q.since.Store(nanotime())
+		q.stores.Store(true)
+	}
 	return ferr
 }
 
@@ -145,6 +172,9 @@ func (q *storeQueue) flush() error {
 // wait (for a store, maxQueuedRemoves, or idle).
 func (q *storeQueue) flushStores() error {
 	if q.batch == nil || !q.stores.Load() {
+		return nil
+	}
+	if q.lazy && nanotime()-q.since.Load() < int64(lazyMax) {
 		return nil
 	}
 	q.mu.Lock()
@@ -228,4 +258,21 @@ func (fs *FS) sweepOrphans() {
 			fs.sq.remove(name)
 		}
 	}
+}
+
+// canOpenByHandle reports whether this process can open inodes by file
+// handle (not in a user namespace without CAP_DAC_READ_SEARCH over the
+// host's): then a handle whose fd never reached the store can be re-opened
+// after a crash, and handle stores may wait (storeQueue.lazy).
+func (fs *FS) canOpenByHandle(fd int) bool {
+	var fh fileHandle
+	if nameToHandle(fd, &fh) != nil || fh.bytes > maxHandleSize {
+		return false
+	}
+	nfd, err := unix.OpenByHandleAt(fs.mountfd, unix.NewFileHandle(fh.typ, fh.f[:fh.bytes]), unix.O_PATH|unix.O_CLOEXEC)
+	if err != nil {
+		return false
+	}
+	unix.Close(nfd)
+	return true
 }

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -236,5 +237,67 @@ func TestStoreWithoutBatches(t *testing.T) {
 	c.call(fuse.OpRelease, f.NodeID, b(fuse.ReleaseIn{Fh: fh}))
 	if got := st.names("fh."); len(got) != 0 {
 		t.Fatalf("store holds %v right after RELEASE", got)
+	}
+}
+
+// storeLog is a fakeStore that also records the names each batch stored.
+type storeLog struct {
+	*fakeStore
+	stored []string
+}
+
+func (l *storeLog) SendBatch(removes, names []string, fds []int) error {
+	l.stored = append(l.stored, names...)
+	return l.fakeStore.SendBatch(removes, names, fds)
+}
+
+// TestLazyHandleStores: where handles can be re-opened (open_by_handle_at
+// works, as for root on the host), a handle's fd is not sent before its
+// OPEN is answered: an OPEN and RELEASE between two idle moments send no
+// store at all. A flock makes the handle's fd durable before the lock, and
+// a crash with the store still queued leaves a handle that re-opens and
+// has its data.
+func TestLazyHandleStores(t *testing.T) {
+	dir := t.TempDir()
+	st := &storeLog{fakeStore: newFakeStore(t)}
+	c := openTFS(t, Options{Root: dir, FDStore: st}, true)
+	if !c.fs.sq.lazy {
+		t.Skip("open_by_handle_at does not work here: handle stores are eager")
+	}
+	defer func(d time.Duration) { lazyMax = d }(lazyMax)
+	lazyMax = time.Hour // no wait runs out unless the test says so
+	c.queue = 1
+	c.noFlush = true
+	os.WriteFile(c.path("f"), []byte("data"), 0o644)
+	f := c.mustLookup(fuse.RootID, "f")
+	fh := c.open(f.NodeID, unix.O_RDWR)
+	c.fs.Flush() // the publish of the OPEN's reply
+	if got := st.names("fh."); len(got) != 0 {
+		t.Fatalf("handle stored at publish: %v", got)
+	}
+	c.call(fuse.OpRelease, f.NodeID, b(fuse.ReleaseIn{Fh: fh}))
+	c.fs.Idle()
+	if slices.ContainsFunc(st.stored, func(n string) bool { return strings.HasPrefix(n, "fh.") }) {
+		t.Fatalf("an OPEN+RELEASE sent a handle store: %v", st.stored)
+	}
+	fh = c.open(f.NodeID, unix.O_RDWR)
+	wr := fuse.FileLock{Type: unix.F_WRLCK, End: fuse.OffsetMax}
+	if e, _ := c.call(fuse.OpSetlk, f.NodeID, b(fuse.LkIn{Fh: fh, Owner: 1, Lk: wr, LkFlags: fuse.LkFlock})); e != 0 {
+		t.Fatalf("flock: %v", e)
+	}
+	if got := st.names("fh."); !slices.Equal(got, []string{fhName(fh)}) {
+		t.Fatalf("store holds %v after a flock, want the handle", got)
+	}
+	// A handle store that has waited lazyMax goes with the next publish.
+	g := c.mustLookup(fuse.RootID, "f")
+	gh := c.open(g.NodeID, unix.O_RDONLY)
+	c.fs.Flush()
+	if slices.Contains(st.names("fh."), fhName(gh)) {
+		t.Fatal("handle stored before its wait ran out")
+	}
+	lazyMax = 0
+	c.fs.Flush()
+	if !slices.Contains(st.names("fh."), fhName(gh)) {
+		t.Fatalf("handle not stored at the publish after its wait: %v", st.names("fh."))
 	}
 }

@@ -316,8 +316,8 @@ func TestStoreReleasesWhenIdle(t *testing.T) {
 		ent, open, err := e.C.Create(e.Ctx, root, name, uint32(os.O_RDWR), 0o644, 0)
 		must(t, "CREATE", err)
 		if got := workerStatus(t, ctl).StoredFDs; i == 0 && got <= before {
-			// The CREATE's reply was published, so its fd is in the
-			// store (the supervisor reads it within a millisecond).
+			// The queue went idle after the CREATE, so its handle's fd
+			// was sent (the supervisor reads it within a millisecond).
 			time.Sleep(20 * time.Millisecond)
 			if got = workerStatus(t, ctl).StoredFDs; got <= before {
 				t.Fatalf("stored fds %d after a CREATE, %d before", got, before)
