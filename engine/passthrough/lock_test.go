@@ -153,7 +153,7 @@ func TestLockFDsSurviveRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.store.Store(lkName(f.NodeID+1, 7), junk)
+	r.store.Store(lkName(f.NodeID^1<<40, 7), junk)
 	r.store.Store("lk.zz", junk)
 	unix.Close(junk)
 	r.restart()
