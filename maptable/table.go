@@ -251,7 +251,11 @@ func (t *Table) step() {
 func (t *Table) home(k Key) uint32 {
 	if t.blocked {
 		base, _ := bits.Mul64(hashKey(t.seed, Key{k[0], k[1] >> blockShift, k[2]}), uint64(t.n))
-		return uint32((base + k[1]&blockMask) % uint64(t.n))
+		s := base + k[1]&blockMask // base < n: wraps at most once unless n < 64
+		if s >= uint64(t.n) {
+			s %= uint64(t.n)
+		}
+		return uint32(s)
 	}
 	hi, _ := bits.Mul64(hashKey(t.seed, k), uint64(t.n))
 	return uint32(hi)

@@ -169,7 +169,7 @@ const MaxBatchText = maxDatagram - 64
 // protocol: X_VFSD_REMOVE= and X_VFSD_FDNAMES=, names joined by ':', which
 // sd_notify(3) names cannot contain). The receiver applies the removes
 // first, in order, then the stores. Durability as Notify. At most
-// MaxFDsPerMessage fds and BatchTextLen(removes, names) <= MaxBatchText.
+// MaxFDsPerMessage fds and at most MaxBatchText bytes of text.
 func (c *Client) SendBatch(removes, names []string, fds []int) error {
 	if len(names) != len(fds) {
 		return fmt.Errorf("fdstore: batch of %d names for %d fds", len(names), len(fds))
@@ -187,11 +187,12 @@ func (c *Client) SendBatch(removes, names []string, fds []int) error {
 			return err
 		}
 	}
-	if l := BatchTextLen(removes, names); l > MaxBatchText {
+	l := batchTextLen(removes, names)
+	if l > MaxBatchText {
 		return fmt.Errorf("fdstore: batch datagram of %d bytes (max %d)", l, MaxBatchText)
 	}
 	var b strings.Builder
-	b.Grow(BatchTextLen(removes, names))
+	b.Grow(l)
 	if len(removes) > 0 {
 		b.WriteString(batchRemoveVar + "=")
 		b.WriteString(strings.Join(removes, ":"))
@@ -204,9 +205,9 @@ func (c *Client) SendBatch(removes, names []string, fds []int) error {
 	return c.Notify(b.String(), fds...)
 }
 
-// BatchTextLen is the length of the text SendBatch sends for removes and
+// batchTextLen is the length of the text SendBatch sends for removes and
 // names.
-func BatchTextLen(removes, names []string) int {
+func batchTextLen(removes, names []string) int {
 	n := 0
 	if len(removes) > 0 {
 		n += len(batchRemoveVar) + 2 + len(removes) - 1

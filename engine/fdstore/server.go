@@ -128,7 +128,7 @@ func (s *Server) Channel() (*os.File, error) {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
-		rx.closeUnstarted()
+		rx.closeSockets()
 		unix.Close(fds[1])
 		return nil, errors.New("fdstore: server closed")
 	}
@@ -172,7 +172,7 @@ func (s *Server) Listen(addr string) error {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
-		rx.closeUnstarted()
+		rx.closeSockets()
 		if path != "" {
 			os.Remove(path)
 		}
@@ -210,16 +210,16 @@ func (rx *receiver) close() {
 	<-rx.done
 	rx.mu.Lock() // a concurrent Drain may still hold the socket
 	rx.shut = true
-	rx.closeUnstarted()
+	rx.closeSockets()
 	rx.mu.Unlock()
 	if rx.path != "" {
 		os.Remove(rx.path)
 	}
 }
 
-// closeUnstarted closes the fds of a receiver whose reader never ran (or
+// closeSockets closes the receiver's socket and eventfd; its reader never ran (or
 // has ended).
-func (rx *receiver) closeUnstarted() {
+func (rx *receiver) closeSockets() {
 	unix.Close(rx.fd)
 	unix.Close(rx.stop)
 }

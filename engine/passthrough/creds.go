@@ -154,7 +154,7 @@ func (fs *FS) asCreator(req *fuse.Request) (credState, error) {
 		return c, nil
 	}
 	g, ok := req.SuppGroup()
-	if !ok || g == req.GID || (req.UID == fs.euid && req.GID == fs.egid) {
+	if !ok || g == req.GID || c&credIDs == 0 { // the daemon's own ids: its own groups
 		return c, nil
 	}
 	if _, _, e := unix.RawSyscall(unix.SYS_SETGROUPS, 1, uintptr(unsafe.Pointer(&g)), 0); e == 0 {

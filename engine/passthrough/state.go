@@ -243,38 +243,32 @@ func (fs *FS) materializeLocked(id maptable.ID, fd int) (*inode, unix.Errno) {
 // errNoStoredFD when there is no fd (the caller may re-open the handle).
 // Precondition: fs.hmu held for writing.
 func (fs *FS) materializeHandleLocked(id maptable.ID, fd int) (*handle, unix.Errno) {
-	if h := fs.hslots.get(id.Slot()); h != nil && h.id == id {
-		if fd >= 0 {
-			unix.Close(fd) // loaded meanwhile by another request
+	reopened, installed := fd >= 0, false
+	defer func() {
+		if !installed && fd >= 0 {
+			unix.Close(fd) // refused, or loaded meanwhile by another request
 		}
+	}()
+	if h := fs.hslots.get(id.Slot()); h != nil && h.id == id {
 		return h, 0
 	}
 	var rec [handleRecSize]byte
 	if fs.handles.Get(id, rec[:]) != nil {
-		if fd >= 0 {
-			unix.Close(fd)
-		}
 		return nil, unix.EBADF
 	}
 	le := binary.LittleEndian
 	h := &handle{id: id, nodeid: le.Uint64(rec[0:]), flags: int(le.Uint32(rec[8:]))}
 	kind := le.Uint32(rec[12:])
 	if kind != kindFile && kind != kindDir {
-		if fd >= 0 {
-			unix.Close(fd)
-		}
 		return nil, unix.EBADF
 	}
-	reopened := fd >= 0
 	if fd < 0 {
-		fd = fs.takeFD(fhName(uint64(id)))
-	}
-	if fd < 0 {
-		return nil, errNoStoredFD
+		if fd = fs.takeFD(fhName(uint64(id))); fd < 0 {
+			return nil, errNoStoredFD
+		}
 	}
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil || (st.Mode&unix.S_IFMT == unix.S_IFDIR) != (kind == kindDir) {
-		unix.Close(fd)
 		return nil, unix.EBADF
 	}
 	h.fd = fd
@@ -282,6 +276,7 @@ func (fs *FS) materializeHandleLocked(id maptable.ID, fd int) (*handle, unix.Err
 		h.dir = &dirState{}
 	}
 	fs.installHandleLocked(h)
+	installed = true
 	if reopened && fs.store != nil && fs.storeFD(fhName(uint64(id)), fd, false) != nil {
 		fs.storeErrs.Add(1)
 	}

@@ -1,6 +1,7 @@
 package passthrough
 
 import (
+	"errors"
 	"strconv"
 	"strings"
 	"sync"
@@ -70,8 +71,12 @@ type storeQueue struct {
 	removes []string // +checklocks:mu
 	names   []string // +checklocks:mu
 	fds     []int    // +checklocks:mu; duplicates, owned here
-	text    int      // +checklocks:mu; fdstore.BatchTextLen(removes, names)
+	text    int      // +checklocks:mu; Σ len(name)+1 over removes and names
 }
+
+// batchOverhead bounds what a batch datagram holds besides its names (the
+// variables, "FDSTORE=1", newlines): the text is at most q.text plus it.
+const batchOverhead = 64
 
 // lazyMax bounds how long a queued handle store waits in lazy mode: the
 // window in which a file deleted on the host, then a crash, costs the
@@ -95,6 +100,18 @@ func newStoreQueue(out FDStore) *storeQueue {
 	return q
 }
 
+// roomLocked sends the queue first if one more name (and fd) would not
+// fit its message. Precondition: q.mu held.
+func (q *storeQueue) roomLocked(name string, fd bool) error {
+	full := q.text+len(name)+1+batchOverhead > fdstore.MaxBatchText ||
+		fd && len(q.fds) >= fdstore.MaxFDsPerMessage ||
+		!fd && len(q.removes) >= maxQueuedRemoves
+	if full {
+		return q.flushLocked(0)
+	}
+	return nil
+}
+
 // store queues fd under name (a duplicate; the caller keeps fd).
 func (q *storeQueue) store(name string, fd int) error {
 	if q.batch == nil {
@@ -106,13 +123,10 @@ func (q *storeQueue) store(name string, fd int) error {
 	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	var ferr error
-	if len(q.fds)+1 > fdstore.MaxFDsPerMessage || q.text+len(name)+32 > fdstore.MaxBatchText {
-		ferr = q.flushLocked()
-	}
+	ferr := q.roomLocked(name, true)
 	q.names = append(q.names, name)
 	q.fds = append(q.fds, dup)
-	q.text = fdstore.BatchTextLen(q.removes, q.names)
+	q.text += len(name) + 1
 	q.queued.Store(true)
 	if !q.stores.Load() {
 		q.since.Store(nanotime())
@@ -122,15 +136,19 @@ func (q *storeQueue) store(name string, fd int) error {
 }
 
 // storeNow stores fd under name and returns once it is durable, with
-// everything queued before it.
+// everything queued before it. fd goes into the message as it is (it is
+// sent before storeNow returns: no duplicate).
 func (q *storeQueue) storeNow(name string, fd int) error {
 	if q.batch == nil {
 		return q.out.Store(name, fd)
 	}
-	if err := q.store(name, fd); err != nil {
-		return err
-	}
-	return q.flush()
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	ferr := q.roomLocked(name, true)
+	q.names = append(q.names, name)
+	q.fds = append(q.fds, fd)
+	q.text += len(name) + 1
+	return errors.Join(ferr, q.flushLocked(1))
 }
 
 // remove queues the removal of every fd stored under name.
@@ -145,15 +163,13 @@ func (q *storeQueue) remove(name string) error {
 			unix.Close(q.fds[i])
 			q.names = append(q.names[:i], q.names[i+1:]...)
 			q.fds = append(q.fds[:i], q.fds[i+1:]...)
+			q.text -= len(name) + 1
 			i--
 		}
 	}
-	var ferr error
-	if len(q.removes) >= maxQueuedRemoves || q.text+len(name)+32 > fdstore.MaxBatchText {
-		ferr = q.flushLocked()
-	}
+	ferr := q.roomLocked(name, false)
 	q.removes = append(q.removes, name)
-	q.text = fdstore.BatchTextLen(q.removes, q.names)
+	q.text += len(name) + 1
 	q.queued.Store(true)
 	return ferr
 }
@@ -165,7 +181,7 @@ func (q *storeQueue) flush() error {
 	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	return q.flushLocked()
+	return q.flushLocked(0)
 }
 
 // flushStores sends everything queued if a store is queued; removes alone
@@ -179,17 +195,19 @@ func (q *storeQueue) flushStores() error {
 	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	return q.flushLocked()
+	return q.flushLocked(0)
 }
 
-// flushLocked sends the queue as one message. Precondition: q.mu held.
-func (q *storeQueue) flushLocked() error {
+// flushLocked sends the queue as one message and closes the queue's fds:
+// all but the last borrowed, which are the caller's. Precondition: q.mu
+// held.
+func (q *storeQueue) flushLocked(borrowed int) error {
 	if len(q.removes)+len(q.names) == 0 {
 		q.queued.Store(false)
 		return nil
 	}
 	err := q.batch.SendBatch(q.removes, q.names, q.fds)
-	for _, fd := range q.fds {
+	for _, fd := range q.fds[:len(q.fds)-borrowed] {
 		unix.Close(fd)
 	}
 	clear(q.names)
@@ -228,28 +246,12 @@ func (fs *FS) Idle() {
 // gone (a remove lost with the previous worker). Precondition: resuming,
 // maps open, before any request.
 func (fs *FS) sweepOrphans() {
-	var rec []byte
+	rec := make([]byte, max(fs.irec, handleRecSize))
 	fs.rmu.Lock()
 	defer fs.rmu.Unlock()
 	for name, fd := range fs.resumeFDs {
-		var t *maptable.Table
-		var id uint64
-		var err error
-		canon := func(uint64) string { return "" }
-		switch {
-		case strings.HasPrefix(name, "fh."):
-			t, canon = fs.handles, fhName
-			id, err = strconv.ParseUint(name[3:], 16, 64)
-		case strings.HasPrefix(name, "ino."):
-			t, canon = fs.inodes, inoName
-			id, err = strconv.ParseUint(name[4:], 16, 64)
-		default:
-			continue
-		}
-		if rec == nil {
-			rec = make([]byte, max(fs.irec, handleRecSize))
-		}
-		if err == nil && name == canon(id) && t.Get(maptable.ID(id), rec[:t.ValueSize()]) == nil {
+		t, id, ours := fs.recordOf(name)
+		if !ours || id != 0 && t.Get(id, rec[:t.ValueSize()]) == nil {
 			continue
 		}
 		unix.Close(fd)
@@ -258,6 +260,26 @@ func (fs *FS) sweepOrphans() {
 			fs.sq.remove(name)
 		}
 	}
+}
+
+// recordOf names the table and record a "fh." or "ino." store name stands
+// for (ours); id is 0, never a record, for a name not written by fhName or
+// inoName.
+func (fs *FS) recordOf(name string) (t *maptable.Table, id maptable.ID, ours bool) {
+	for _, k := range [...]struct {
+		prefix string
+		t      *maptable.Table
+		canon  func(uint64) string
+	}{{"fh.", fs.handles, fhName}, {"ino.", fs.inodes, inoName}} {
+		if rest, ok := strings.CutPrefix(name, k.prefix); ok {
+			n, err := strconv.ParseUint(rest, 16, 64)
+			if err != nil || k.canon(n) != name {
+				return k.t, 0, true
+			}
+			return k.t, maptable.ID(n), true
+		}
+	}
+	return nil, 0, false
 }
 
 // canOpenByHandle reports whether this process can open inodes by file

@@ -17,6 +17,7 @@ import (
 
 	"vfsd/engine/fdstore"
 	"vfsd/engine/metrics"
+	"vfsd/engine/passthrough"
 )
 
 // Environment the supervisor gives a worker for its metrics.
@@ -247,10 +248,7 @@ func newStoreCounter(s fdStore, handed []fdstore.NamedFD) *storeCounter {
 func (c *storeCounter) Store(name string, fds ...int) error {
 	err := c.s.Store(name, fds...)
 	if err == nil {
-		c.mu.Lock()
-		c.byName[name] += len(fds)
-		c.n += len(fds)
-		c.mu.Unlock()
+		c.count(nil, []string{name}, len(fds))
 	}
 	return err
 }
@@ -258,12 +256,24 @@ func (c *storeCounter) Store(name string, fds ...int) error {
 func (c *storeCounter) Remove(name string) error {
 	err := c.s.Remove(name)
 	if err == nil {
-		c.mu.Lock()
-		c.n -= c.byName[name]
-		delete(c.byName, name)
-		c.mu.Unlock()
+		c.count([]string{name}, nil, 0)
 	}
 	return err
+}
+
+// count applies what the store did: the names removed, then each fds
+// stored under every name of stored.
+func (c *storeCounter) count(removed, stored []string, each int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, r := range removed {
+		c.n -= c.byName[r]
+		delete(c.byName, r)
+	}
+	for _, name := range stored {
+		c.byName[name] += each
+		c.n += each
+	}
 }
 
 // batchCounter is a storeCounter that also sends batches, for a worker
@@ -273,29 +283,15 @@ type batchCounter struct{ *storeCounter }
 
 // SendBatch forwards a batch (fdstore.Client.SendBatch) and counts it.
 func (c batchCounter) SendBatch(removes, names []string, fds []int) error {
-	b, ok := c.s.(batchSender)
+	b, ok := c.s.(passthrough.BatchStore)
 	if !ok {
 		return errors.New("fd store: batches not supported")
 	}
 	err := b.SendBatch(removes, names, fds)
 	if err == nil {
-		c.mu.Lock()
-		for _, name := range removes {
-			c.n -= c.byName[name]
-			delete(c.byName, name)
-		}
-		for _, name := range names {
-			c.byName[name]++
-		}
-		c.n += len(names)
-		c.mu.Unlock()
+		c.count(removes, names, 1)
 	}
 	return err
-}
-
-// batchSender is implemented by *fdstore.Client.
-type batchSender interface {
-	SendBatch(removes, names []string, fds []int) error
 }
 
 // Len is the number of fds in the store for this worker.
