@@ -43,8 +43,10 @@ type Flusher interface{ Flush() }
 
 // Idler is implemented by handlers with deferred work that may wait while
 // requests flow but not while the queue sleeps: a queue calls Idle before
-// it blocks without a timeout of zero, from the queue thread.
-type Idler interface{ Idle() }
+// it blocks without a timeout of zero, from the queue thread, and then
+// sleeps at most the duration Idle returns (0: no limit) before it calls
+// Idle again.
+type Idler interface{ Idle() time.Duration }
 
 // Stopping a queue whose blocking requests have not all completed within
 // stopGrace cancels the handler's waits (Canceller), again every

@@ -260,3 +260,38 @@ func waitReadable(t *testing.T, fd int) {
 		t.Fatalf("fd %d not signalled: %d, %v", fd, n, err)
 	}
 }
+
+// idleFS is a fakeFS whose Idle asks to be called again 2 ms later until
+// it has been called calls times.
+type idleFS struct {
+	fakeFS
+	calls chan time.Time
+}
+
+func (f *idleFS) Idle() time.Duration {
+	select {
+	case f.calls <- time.Now():
+		return 2 * time.Millisecond
+	default:
+		return 0
+	}
+}
+
+// TestIdleWakeUp: a queue that went to sleep with deferred work calls the
+// Idler again after the time it asked for, without any kick.
+func TestIdleWakeUp(t *testing.T) {
+	f := &idleFS{calls: make(chan time.Time, 3)}
+	h := newHarness(t, f, 8, true)
+	h.start(1)
+	rd, wr := h.request(fuse.OpGetattr, 2, make([]byte, 16), fuse.OutHeaderSize+attrOut)
+	h.add(rd, wr)
+	h.waitUsed(1, 5*time.Second)
+	deadline := time.After(5 * time.Second)
+	for len(f.calls) < cap(f.calls) {
+		select {
+		case <-deadline:
+			t.Fatalf("Idle called %d times while the queue slept, want %d", len(f.calls), cap(f.calls))
+		case <-time.After(time.Millisecond):
+		}
+	}
+}

@@ -235,7 +235,12 @@ func (q *queue) run() {
 			// Every queue, the hiprio one too: after a guest's last FORGET
 			// nothing else may come to send the removes it queued (the
 			// store would keep a deleted file's space allocated).
-			q.d.idle.Idle()
+			if wake := q.d.idle.Idle(); wake > 0 {
+				ms := int((wake + time.Millisecond - 1) / time.Millisecond)
+				if timeout < 0 || ms < timeout {
+					timeout = ms
+				}
+			}
 		}
 		n, err := q.wait(timeout)
 		if err != nil {

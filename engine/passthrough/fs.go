@@ -278,7 +278,7 @@ func New(o Options) (*FS, error) {
 		}
 		fs.resumeLocks()
 		fs.sweepOrphans()
-		fs.Idle() // the removes of what the predecessor left over
+		fs.flushAll() // the removes of what the predecessor left over
 		return fs, nil
 	}
 	rec := make([]byte, fs.irec)
@@ -338,7 +338,7 @@ func (fs *FS) TableStats() (inodes, inodesCap, handles, handlesCap int) {
 
 // Close releases every fd and both maps. Requests must have stopped.
 func (fs *FS) Close() error {
-	fs.Idle() // queued removes; stores were flushed with their replies
+	fs.flushAll() // queued removes and lazy stores
 	fs.locks.cancelAll()
 	fs.dropAllLocks(false) // the store's copies keep the locks for a successor
 	fs.hmu.Lock()

@@ -148,8 +148,8 @@ func (c *tfs) callOut(outLen int, op uint32, nodeid uint64, args ...[]byte) (uni
 	c.rep.Reset(fuse.Scatter{out[:min(outLen, 5)], out[min(outLen, 5):]}, c.unique)
 	c.fs.Handle(&c.req, &c.rep)
 	if !c.noFlush {
-		c.fs.Flush() // as the dataplane does before publishing the reply
-		c.fs.Idle()  // and before it sleeps (tests count the store's fds)
+		c.fs.Flush()    // as the dataplane does before publishing the reply
+		c.fs.flushAll() // and sleeps past lazyMax (tests count the store's fds)
 	}
 	if !c.rep.Done() {
 		panic("reply not done")

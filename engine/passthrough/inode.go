@@ -71,6 +71,17 @@ type inode struct {
 	total   int64   // +checklocks:FS.imu; sum of cnt
 	flags   uint32  // +checklocks:FS.imu
 	persist func(val []byte)
+
+	// Deferred keep of an unlinked regular file (keepIfLastLink): fresh
+	// (set before install, then read-only) says this worker inserted the
+	// record, so every handle on the inode was made by this worker and is
+	// counted in opens. gone says an unlink or rename took (or was about
+	// to take) its last link without keeping it; a handle made afterwards
+	// keeps it (newHandle). opens is raised before gone is read, gone set
+	// before opens is read: one of the two sides always sees the other.
+	fresh bool
+	opens atomic.Int32
+	gone  atomic.Bool
 }
 
 const (
@@ -236,9 +247,10 @@ func (fs *FS) knownLocked(k maptable.Key, fd int) (*inode, bool) {
 }
 
 // adopt takes ownership of fd (an O_PATH|O_NOFOLLOW fd whose statx is st),
-// counts one guest reference to its inode and returns the inode's nodeid.
-// An inode already known keeps its fd and fd is closed.
-func (fs *FS) adopt(x *txn, fd int, st *unix.Statx_t) (uint64, unix.Errno) {
+// counts one guest reference to its inode and returns the inode's nodeid
+// and the inode (not pinned: the guest's new reference keeps it). An inode
+// already known keeps its fd and fd is closed.
+func (fs *FS) adopt(x *txn, fd int, st *unix.Statx_t) (uint64, *inode, unix.Errno) {
 	k := keyOf(st)
 	fs.imu.Lock()
 	if in, took := fs.knownLocked(k, fd); in != nil {
@@ -248,7 +260,7 @@ func (fs *FS) adopt(x *txn, fd int, st *unix.Statx_t) (uint64, unix.Errno) {
 		if !took {
 			unix.Close(fd)
 		}
-		return id, 0
+		return id, in, 0
 	}
 	fs.imu.Unlock()
 
@@ -263,17 +275,18 @@ func (fs *FS) adopt(x *txn, fd int, st *unix.Statx_t) (uint64, unix.Errno) {
 		fs.countLocked(x, old)
 		fs.imu.Unlock()
 		unix.Close(fd)
-		return fs.nodeidOf(old), 0
+		return fs.nodeidOf(old), old, 0
 	}
 	x.setRef(0, 0, k, 0)
 	id, err := fs.inodes.Insert(k, rec)
 	if err != nil {
 		fs.imu.Unlock()
 		unix.Close(fd)
-		return 0, errno(err)
+		return 0, nil, errno(err)
 	}
 	crashpoint.Hit(crashpoint.MidMaptableInsert) // inserted, counted; not installed, not journaled done
 	in.tid = id
+	in.fresh = true
 	fs.installLocked(in)
 	fs.imu.Unlock()
 	crash(cpMaptable)
@@ -281,7 +294,7 @@ func (fs *FS) adopt(x *txn, fd int, st *unix.Statx_t) (uint64, unix.Errno) {
 		// A restarted worker could not reopen it by handle.
 		fs.keep(in)
 	}
-	return uint64(id), 0
+	return uint64(id), in, 0
 }
 
 // installLocked makes in reachable by nodeid and key.
@@ -400,7 +413,7 @@ func (fs *FS) lookupAt(x *txn, dirfd int, name []byte, e *fuse.EntryOut) unix.Er
 			return eno
 		}
 	}
-	id, eno := fs.adopt(x, fd, &st)
+	id, _, eno := fs.adopt(x, fd, &st)
 	if eno != 0 {
 		return eno
 	}
@@ -451,23 +464,23 @@ func (fs *FS) entryOf(x *txn, in *inode, e *fuse.EntryOut) unix.Errno {
 
 // adoptOpen turns a freshly opened (non-O_PATH) fd into a guest reference:
 // it re-opens its inode O_PATH through procfs (the same inode, whatever
-// happened to the name meanwhile) and fills e.
-func (fs *FS) adoptOpen(x *txn, fd int, e *fuse.EntryOut) unix.Errno {
+// happened to the name meanwhile), fills e and returns the inode (as adopt).
+func (fs *FS) adoptOpen(x *txn, fd int, e *fuse.EntryOut) (*inode, unix.Errno) {
 	pfd, err := fs.reopen(fd, unix.O_PATH|unix.O_CLOEXEC)
 	if err != nil {
-		return errno(err)
+		return nil, errno(err)
 	}
 	var st unix.Statx_t
 	if err := statxFd(pfd, &st); err != nil {
 		unix.Close(pfd)
-		return errno(err)
+		return nil, errno(err)
 	}
-	id, eno := fs.adopt(x, pfd, &st)
+	id, in, eno := fs.adopt(x, pfd, &st)
 	if eno != 0 {
-		return eno
+		return nil, eno
 	}
 	fs.fillEntry(e, id, &st)
-	return 0
+	return in, 0
 }
 
 // reopen opens the inode behind fd (often O_PATH) with flags via
@@ -531,6 +544,7 @@ type handle struct {
 	nodeid uint64
 	flags  int
 	dir    *dirState // nil for files
+	ino    *inode    // counted in ino.opens; nil for handles loaded after a restart
 }
 
 const (
@@ -604,8 +618,10 @@ func handleKey(x *txn, q int, head uint16) maptable.Key {
 }
 
 // newHandle takes ownership of fd and returns the fh naming it; the fd goes
-// to the fd store before the fh is answered.
-func (fs *FS) newHandle(k maptable.Key, fd int, nodeid uint64, flags int, dir bool) (uint64, unix.Errno) {
+// to the fd store before the fh is answered. in is the handle's inode, the
+// caller's (pinned or referenced).
+func (fs *FS) newHandle(k maptable.Key, fd int, in *inode, flags int, dir bool) (uint64, unix.Errno) {
+	nodeid := fs.nodeidOf(in)
 	var rec [handleRecSize]byte
 	binary.LittleEndian.PutUint64(rec[0:], nodeid)
 	binary.LittleEndian.PutUint32(rec[8:], uint32(flags))
@@ -632,6 +648,13 @@ func (fs *FS) newHandle(k maptable.Key, fd int, nodeid uint64, flags int, dir bo
 	fs.hmu.Unlock()
 	crash(cpMaptable)
 	if fs.store != nil {
+		h.ino = in
+		in.opens.Add(1)
+		if in.gone.Load() {
+			// Its last link went while no handle was open (or is going
+			// now): this handle makes it reachable again, keep it.
+			fs.keep(in)
+		}
 		if fs.storeFD(fhName(uint64(id)), fd, false) != nil {
 			fs.storeErrs.Add(1)
 		}
@@ -744,10 +767,13 @@ func (fs *FS) removeHandle(fh uint64) (*handle, unix.Errno) {
 		h.pins.Add(1)
 		h.dead.Store(true)
 		fs.hmu.Unlock()
+		if h.ino != nil {
+			h.ino.opens.Add(-1)
+		}
 		fs.uncacheDir(h)
 		crash(cpMaptable)
 		if fs.store != nil {
-			fs.sq.remove(fhName(fh))
+			fs.sq.drop(fhName(fh))
 			crash(cpStore)
 		}
 		return h, 0

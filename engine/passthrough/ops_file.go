@@ -83,7 +83,7 @@ func (fs *FS) opOpen(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {
 			return
 		}
 	}
-	fh, eno := fs.newHandle(handleKey(&x, req.Queue, req.Head), fd, req.NodeID, flags, false)
+	fh, eno := fs.newHandle(handleKey(&x, req.Queue, req.Head), fd, in, flags, false)
 	if eno != 0 {
 		x.fail(rep, eno)
 		return
@@ -203,12 +203,13 @@ func (fs *FS) createFile(x *txn, req *fuse.Request, rep *fuse.Reply, name []byte
 			return
 		}
 	}
-	if eno := fs.adoptOpen(x, fd, &e); eno != 0 {
+	in, eno := fs.adoptOpen(x, fd, &e)
+	if eno != 0 {
 		unix.Close(fd)
 		x.fail(rep, eno)
 		return
 	}
-	fh, eno := fs.newHandle(handleKey(x, req.Queue, req.Head), fd, e.NodeID, hflags, false)
+	fh, eno := fs.newHandle(handleKey(x, req.Queue, req.Head), fd, in, hflags, false)
 	if eno != 0 {
 		fs.forget(&txn{q: x.q}, e.NodeID, 1, 0) // the guest never learns of this reference
 		x.fail(rep, eno)
@@ -682,7 +683,7 @@ func (fs *FS) opOpendir(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {
 		rep.Error(errno(err))
 		return
 	}
-	fh, eno := fs.newHandle(handleKey(&x, req.Queue, req.Head), fd, req.NodeID, flags, true)
+	fh, eno := fs.newHandle(handleKey(&x, req.Queue, req.Head), fd, in, flags, true)
 	if eno != 0 {
 		x.fail(rep, eno)
 		return

@@ -355,7 +355,8 @@ func scenarios() []scenario {
 		}},
 		{"UNLINK", func(r *rig) request {
 			mkfile(r, "f", "x")
-			r.mustLookup("f")
+			f := r.mustLookup("f")
+			r.c.open(f.NodeID, unix.O_RDONLY) // open in the guest: must be kept
 			return request{op: fuse.OpUnlink, nodeid: fuse.RootID, args: [][]byte{name("f")}}
 		}, func(r *rig, e unix.Errno, p []byte) {
 			if e != 0 {
@@ -367,6 +368,21 @@ func scenarios() []scenario {
 			if len(r.store.names("ino.")) != 1 {
 				r.t.Errorf("unlinked inode's fd not kept: %v", r.store.names("ino."))
 			}
+		}},
+		{"UNLINK-closed", func(r *rig) request {
+			mkfile(r, "f", "x")
+			r.mustLookup("f")
+			return request{op: fuse.OpUnlink, nodeid: fuse.RootID, args: [][]byte{name("f")}}
+		}, func(r *rig, e unix.Errno, p []byte) {
+			if e != 0 {
+				r.t.Fatalf("errno %v", e)
+			}
+			if _, err := os.Lstat(r.c.path("f")); !os.IsNotExist(err) {
+				r.t.Error("f still there")
+			}
+			// Kept or not: after a crash the inode is loaded from its
+			// record, and the new worker keeps those (TestUnlinkUnopened
+			// checks the case without one).
 		}},
 		{"RMDIR", func(r *rig) request {
 			os.Mkdir(r.c.path("d"), 0o755)
@@ -788,8 +804,8 @@ func TestAppendShortWrite(t *testing.T) {
 }
 
 // TestResumeKeepsState: nodeids, fhs (with their open file description:
-// offset-free I/O and OFD locks), the session and unlinked-but-referenced
-// inodes survive a restart.
+// offset-free I/O and OFD locks), the session and unlinked inodes the
+// guest holds open survive a restart.
 func TestResumeKeepsState(t *testing.T) {
 	r := newRig(t)
 	os.WriteFile(r.c.path("f"), []byte("hello"), 0o644)
@@ -804,6 +820,7 @@ func TestResumeKeepsState(t *testing.T) {
 	}
 	os.WriteFile(r.c.path("u"), []byte("gone"), 0o644)
 	u := r.mustLookup("u")
+	uh := r.c.open(u.NodeID, unix.O_RDONLY)
 	if e, _ := r.c.call(fuse.OpUnlink, fuse.RootID, name("u")); e != 0 {
 		t.Fatal(e)
 	}
@@ -834,6 +851,10 @@ func TestResumeKeepsState(t *testing.T) {
 	if e, p := r.c.call(fuse.OpGetattr, u.NodeID, b(fuse.GetattrIn{})); e != 0 || parse[fuse.AttrOut](t, p).Attr.Nlink != 0 {
 		t.Errorf("GETATTR of an unlinked inode after restart: %v", e)
 	}
+	if p, e := r.c.read(u.NodeID, uh, 0, 100); e != 0 || string(p) != "gone" {
+		t.Errorf("READ of an unlinked file through an fh from before: %q %v", p, e)
+	}
+	r.c.call(fuse.OpRelease, u.NodeID, b(fuse.ReleaseIn{Fh: uh}))
 	// FORGET of the unlinked inode frees it and its stored fd.
 	r.c.queue = 0
 	r.c.call(fuse.OpForget, u.NodeID, b(fuse.ForgetIn{Nlookup: 1}))
@@ -1049,4 +1070,55 @@ func BenchmarkFirstRequestAfterResume(b *testing.B) {
 		b.StartTimer()
 	}
 	b.ReportMetric(float64(uint32(hi.NodeID)), "slot")
+}
+
+// TestUnlinkUnopened: a regular file whose last link goes while no handle
+// is open is not kept (nothing in the guest can reach it); after a restart
+// its nodeid answers ESTALE and FORGET frees its record. A handle made on
+// it after the unlink (an OPEN that raced with the UNLINK) keeps it then.
+func TestUnlinkUnopened(t *testing.T) {
+	r := newRig(t)
+	os.WriteFile(r.c.path("f"), []byte("f"), 0o644)
+	os.WriteFile(r.c.path("g"), []byte("g"), 0o644)
+	os.WriteFile(r.c.path("h"), []byte("h"), 0o644)
+	os.WriteFile(r.c.path("x"), []byte("x"), 0o644)
+	f := r.mustLookup("f")
+	g := r.mustLookup("g")
+	h := r.mustLookup("h")
+	for _, n := range []string{"f", "g"} {
+		if e, _ := r.c.call(fuse.OpUnlink, fuse.RootID, name(n)); e != 0 {
+			t.Fatalf("UNLINK %s: %v", n, e)
+		}
+	}
+	// h's last link goes by a rename over it.
+	if e, _ := r.c.call(fuse.OpRename, fuse.RootID, b(fuse.RenameIn{Newdir: fuse.RootID}), name("x"), name("h")); e != 0 {
+		t.Fatalf("RENAME: %v", e)
+	}
+	if names := r.store.names("ino."); len(names) != 0 {
+		t.Fatalf("unopened unlinked files kept: %v", names)
+	}
+	gh := r.c.open(g.NodeID, unix.O_RDONLY)
+	if names := r.store.names("ino."); len(names) != 1 {
+		t.Fatalf("a handle on an unlinked file did not keep it: %v", names)
+	}
+	r.restart()
+	if p, e := r.c.read(g.NodeID, gh, 0, 10); e != 0 || string(p) != "g" {
+		t.Errorf("READ of the file opened after its unlink: %q %v", p, e)
+	}
+	for _, n := range []uint64{f.NodeID, h.NodeID} {
+		if e, _ := r.c.call(fuse.OpGetattr, n, b(fuse.GetattrIn{})); e != unix.ESTALE {
+			t.Errorf("GETATTR of an unkept unlinked file after restart: %v, want ESTALE", e)
+		}
+	}
+	r.c.call(fuse.OpRelease, g.NodeID, b(fuse.ReleaseIn{Fh: gh}))
+	r.c.queue = 0
+	for _, n := range []uint64{f.NodeID, g.NodeID, h.NodeID} {
+		r.c.call(fuse.OpForget, n, b(fuse.ForgetIn{Nlookup: 1}))
+	}
+	if n := r.c.fs.inodes.Len(); n != 1 {
+		t.Errorf("%d inode records after FORGET, want 1 (the root)", n)
+	}
+	if names := r.store.names("ino."); len(names) != 0 {
+		t.Errorf("store still holds %v", names)
+	}
 }

@@ -33,9 +33,9 @@ import (
 //     inode record (O(lock fds), not O(inodes));
 //   - O_PATH fds of inodes a file handle cannot reopen: no handle, another
 //     mount than the root's, or no link left (unlinked or TMPFILE while the
-//     guest references it): "ino.<id>", stored before the unlink that drops
-//     the last link (or at first reference), removed when FORGET frees the
-//     inode.
+//     guest can reach it: keepIfLastLink): "ino.<id>", stored before the
+//     unlink that drops the last link (or at first reference), removed when
+//     FORGET frees the inode.
 //
 // All other inode fds are re-derived lazily: a restarted FS maps the tables
 // (maptable.Open repairs at most one torn operation, O(1)), and an inode or
@@ -118,6 +118,18 @@ func (fs *FS) keep(in *inode) {
 
 // keepIfLastLink keeps the fd of the inode with key k (if the guest knows
 // it) when st says the coming unlink/rename drops its last link.
+//
+// Not a regular file without open handles: once its last link is gone, no
+// program in the guest can reach it (no name, no open file; the guest
+// kernel evicts it and sends FORGET), so a restarted worker never needs it.
+// A request already in flight on its nodeid that finds it missing after a
+// crash gets ESTALE, and the guest's VFS retries a path walk on ESTALE,
+// which sees the name gone (the same answer as without the crash). Such an
+// unlink sends nothing to the store. The handle count is exact only for
+// inodes this worker inserted (fresh); others are always kept. A handle
+// made after the unlink keeps the inode then (newHandle), before its fh
+// is answered. Directories (a guest cwd) and other types (open fifos,
+// devices: stat through the nodeid, no handle) are always kept.
 func (fs *FS) keepIfLastLink(st *unix.Statx_t) {
 	if fs.store == nil {
 		return
@@ -128,9 +140,16 @@ func (fs *FS) keepIfLastLink(st *unix.Statx_t) {
 	fs.imu.Lock()
 	in, _ := fs.knownLocked(keyOf(st), -1)
 	fs.imu.Unlock()
-	if in != nil {
-		fs.keep(in)
+	if in == nil {
+		return
 	}
+	if in.fresh && in.typ == unix.S_IFREG {
+		in.gone.Store(true)
+		if in.opens.Load() == 0 {
+			return
+		}
+	}
+	fs.keep(in)
 }
 
 // parseInodeRec checks a record read from the (untrusted) map.

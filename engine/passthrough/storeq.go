@@ -39,9 +39,10 @@ type BatchStore interface {
 //     when the worker dies is re-opened from its inode by the next one
 //     (getHandle, reopenHandle: the record's flags minus O_CREAT, O_EXCL,
 //     O_TRUNC), so where open_by_handle_at works (lazy) queued handle
-//     stores wait for Idle, a storeNow or the limits, at most lazyMax
-//     (then the next publish sends them): an OPEN and its RELEASE within
-//     that time cost no message at all (the remove cancels the store). What re-opening cannot restore is made durable
+//     stores wait for a storeNow, a queued remove or the limits, at most
+//     lazyMax (then the next publish or Idle sends them): an OPEN and its
+//     RELEASE within that time cost no message at all (drop cancels the
+//     store and sends no remove). What re-opening cannot restore is made durable
 //     first: a flock is taken only after a flush (the lock lives on the
 //     handle's open file description), and an open file's inode losing its
 //     last link is kept (storeNow) before the unlink. Without
@@ -152,12 +153,20 @@ func (q *storeQueue) storeNow(name string, fd int) error {
 }
 
 // remove queues the removal of every fd stored under name.
-func (q *storeQueue) remove(name string) error {
+func (q *storeQueue) remove(name string) error { return q.removeName(name, false) }
+
+// drop is remove for a name stored at most once (a handle's "fh."): when
+// that store is still queued, the store never had the name and nothing
+// is sent at all.
+func (q *storeQueue) drop(name string) error { return q.removeName(name, true) }
+
+func (q *storeQueue) removeName(name string, once bool) error {
 	if q.batch == nil {
 		return q.out.Remove(name)
 	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	canceled := false
 	for i := 0; i < len(q.names); i++ {
 		if q.names[i] == name {
 			unix.Close(q.fds[i])
@@ -165,7 +174,15 @@ func (q *storeQueue) remove(name string) error {
 			q.fds = append(q.fds[:i], q.fds[i+1:]...)
 			q.text -= len(name) + 1
 			i--
+			canceled = true
 		}
+	}
+	if len(q.names) == 0 {
+		q.stores.Store(false)
+	}
+	if canceled && once {
+		q.queued.Store(len(q.names)+len(q.removes) > 0)
+		return nil
 	}
 	ferr := q.roomLocked(name, false)
 	q.removes = append(q.removes, name)
@@ -196,6 +213,23 @@ func (q *storeQueue) flushStores() error {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	return q.flushLocked(0)
+}
+
+// idle sends queued removes (with any queued stores) and stores due
+// (lazy: the oldest waited lazyMax). It returns how long until queued
+// lazy stores fall due, 0 when nothing waits.
+func (q *storeQueue) idle() (time.Duration, error) {
+	if q.batch == nil || !q.queued.Load() {
+		return 0, nil
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.lazy && len(q.removes) == 0 && len(q.names) > 0 {
+		if left := int64(lazyMax) - (nanotime() - q.since.Load()); left > 0 {
+			return time.Duration(left), nil
+		}
+	}
+	return 0, q.flushLocked(0)
 }
 
 // flushLocked sends the queue as one message and closes the queue's fds:
@@ -230,10 +264,24 @@ func (fs *FS) Flush() {
 	}
 }
 
-// Idle sends everything queued, removes included (so that the store does
-// not keep released files open); the dataplane calls it before a queue
-// sleeps.
-func (fs *FS) Idle() {
+// Idle sends queued removes (so that the store does not keep released
+// files open) and the stores due; the dataplane calls it before a queue
+// sleeps, and sleeps at most the time it returns (0: no limit) before
+// calling it again. Lazy handle stores stay queued until lazyMax: an
+// OPEN and its RELEASE with an idle queue between them send nothing.
+func (fs *FS) Idle() time.Duration {
+	if fs.sq == nil {
+		return 0
+	}
+	wake, err := fs.sq.idle()
+	if err != nil {
+		fs.storeErrs.Add(1)
+	}
+	return wake
+}
+
+// flushAll sends everything queued.
+func (fs *FS) flushAll() {
 	if fs.sq == nil {
 		return
 	}

@@ -243,18 +243,19 @@ func TestStoreWithoutBatches(t *testing.T) {
 // storeLog is a fakeStore that also records the names each batch stored.
 type storeLog struct {
 	*fakeStore
-	stored []string
+	stored, removed []string
 }
 
 func (l *storeLog) SendBatch(removes, names []string, fds []int) error {
 	l.stored = append(l.stored, names...)
+	l.removed = append(l.removed, removes...)
 	return l.fakeStore.SendBatch(removes, names, fds)
 }
 
 // TestLazyHandleStores: where handles can be re-opened (open_by_handle_at
 // works, as for root on the host), a handle's fd is not sent before its
-// OPEN is answered: an OPEN and RELEASE between two idle moments send no
-// store at all. A flock makes the handle's fd durable before the lock, and
+// OPEN is answered, nor when the queue sleeps: an OPEN and its RELEASE send
+// nothing at all. A flock makes the handle's fd durable before the lock, and
 // a crash with the store still queued leaves a handle that re-opens and
 // has its data.
 func TestLazyHandleStores(t *testing.T) {
@@ -275,10 +276,15 @@ func TestLazyHandleStores(t *testing.T) {
 	if got := st.names("fh."); len(got) != 0 {
 		t.Fatalf("handle stored at publish: %v", got)
 	}
+	if w := c.fs.Idle(); w <= 0 || len(st.names("fh.")) != 0 {
+		t.Fatalf("queue going to sleep: handle stored %v, wake-up after %v (want > 0)", st.names("fh."), w)
+	}
 	c.call(fuse.OpRelease, f.NodeID, b(fuse.ReleaseIn{Fh: fh}))
-	c.fs.Idle()
-	if slices.ContainsFunc(st.stored, func(n string) bool { return strings.HasPrefix(n, "fh.") }) {
-		t.Fatalf("an OPEN+RELEASE sent a handle store: %v", st.stored)
+	if w := c.fs.Idle(); w != 0 {
+		t.Errorf("Idle asks for a wake-up after %v with nothing queued", w)
+	}
+	if slices.ContainsFunc(st.stored, func(n string) bool { return strings.HasPrefix(n, "fh.") }) || len(st.removed) != 0 {
+		t.Fatalf("an OPEN+RELEASE sent stores %v, removes %v", st.stored, st.removed)
 	}
 	fh = c.open(f.NodeID, unix.O_RDWR)
 	wr := fuse.FileLock{Type: unix.F_WRLCK, End: fuse.OffsetMax}
@@ -299,5 +305,21 @@ func TestLazyHandleStores(t *testing.T) {
 	c.fs.Flush()
 	if !slices.Contains(st.names("fh."), fhName(gh)) {
 		t.Fatalf("handle not stored at the publish after its wait: %v", st.names("fh."))
+	}
+	// And with the queue asleep: Idle sends it once it is due.
+	lazyMax = time.Hour
+	hh := c.open(g.NodeID, unix.O_RDONLY)
+	if c.fs.Idle() <= 0 || slices.Contains(st.names("fh."), fhName(hh)) {
+		t.Fatal("handle stored at Idle before its wait ran out")
+	}
+	lazyMax = 0
+	if w := c.fs.Idle(); w != 0 || !slices.Contains(st.names("fh."), fhName(hh)) {
+		t.Fatalf("handle not stored by Idle after its wait (wake-up %v): %v", w, st.names("fh."))
+	}
+	// A release after that removes it.
+	c.call(fuse.OpRelease, g.NodeID, b(fuse.ReleaseIn{Fh: hh}))
+	c.fs.Idle()
+	if slices.Contains(st.names("fh."), fhName(hh)) {
+		t.Fatal("stored handle not removed at its RELEASE")
 	}
 }

@@ -377,11 +377,19 @@ func (w *worker) op(ctx context.Context, op string, fileSize int64) (int, error)
 		return int(n), err
 	case "create":
 		w.seq++
-		ent, o, err := w.c.Create(ctx, w.newDir, fmt.Sprintf("w%d-%d", w.id, w.seq), unix.O_RDWR|unix.O_CREAT|unix.O_EXCL, unix.S_IFREG|0o644, 0)
+		// The bench's create: CREATE+RELEASE+UNLINK+FORGET.
+		name := fmt.Sprintf("w%d-%d", w.id, w.seq)
+		ent, o, err := w.c.Create(ctx, w.newDir, name, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL, unix.S_IFREG|0o644, 0)
 		if err != nil {
 			return 0, err
 		}
-		return 0, w.c.Release(ctx, ent.NodeID, o.FH, unix.O_RDWR, 0, 0)
+		if err := w.c.Release(ctx, ent.NodeID, o.FH, unix.O_RDWR, 0, 0); err != nil {
+			return 0, err
+		}
+		if err := w.c.Unlink(ctx, w.newDir, name); err != nil {
+			return 0, err
+		}
+		return 0, w.c.Forget(ctx, ent.NodeID, 1)
 	case "readdirplus":
 		ents, err := w.c.Readdirplus(ctx, w.dirID, w.dirFH, 0, 32<<10)
 		if err != nil {
