@@ -645,6 +645,9 @@ func (fs *FS) newHandle(k maptable.Key, fd int, in *inode, flags int, dir bool) 
 	crashpoint.Hit(crashpoint.MidMaptableInsert) // record inserted, its fd not yet stored
 	h.id = id
 	fs.installHandleLocked(h)
+	if fs.store != nil {
+		h.pins.Add(1) // the store queue's (storeLazy)
+	}
 	fs.hmu.Unlock()
 	crash(cpMaptable)
 	if fs.store != nil {
@@ -655,9 +658,7 @@ func (fs *FS) newHandle(k maptable.Key, fd int, in *inode, flags int, dir bool) 
 			// now): this handle makes it reachable again, keep it.
 			fs.keep(in)
 		}
-		if fs.storeFD(fhName(uint64(id)), fd, false) != nil {
-			fs.storeErrs.Add(1)
-		}
+		fs.storeLazy(h)
 		crash(cpStore)
 	}
 	return uint64(id), 0

@@ -197,7 +197,7 @@ func (fs *FS) ownerLock(h *handle, owner uint64, create bool) (*plock, unix.Errn
 	stored := false
 	if e == 0 && fs.store != nil {
 		// Durable before any lock is taken on it.
-		if err := fs.storeFD(lkName(k.nodeid, k.owner), fd, true); err != nil {
+		if err := fs.storeFD(lkName(k.nodeid, k.owner), fd); err != nil {
 			fs.storeErrs.Add(1)
 		}
 		stored = true

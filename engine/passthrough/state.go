@@ -60,16 +60,21 @@ type FDStore interface {
 func inoName(id uint64) string { return "ino." + strconv.FormatUint(id, 16) }
 func fhName(id uint64) string  { return "fh." + strconv.FormatUint(id, 16) }
 
-// storeFD hands fd to the store under name: queued until the next flush
-// (storeQueue), or durable on return with now. The crash point
-// mid-fd-handover comes first: the fd exists (and its handle or inode
-// record may), the store does not have it.
-func (fs *FS) storeFD(name string, fd int, now bool) error {
+// storeFD hands fd to the store under name, durable on return. The crash
+// point mid-fd-handover comes first: the fd exists (and its handle or
+// inode record may), the store does not have it.
+func (fs *FS) storeFD(name string, fd int) error {
 	crashpoint.Hit(crashpoint.MidFDHandover)
-	if now {
-		return fs.sq.storeNow(name, fd)
+	return fs.sq.storeNow(name, fd)
+}
+
+// storeLazy queues h's fd for the store under its fh name (storeQueue);
+// the caller pinned h for the queue under fs.hmu. Failures are counted.
+func (fs *FS) storeLazy(h *handle) {
+	crashpoint.Hit(crashpoint.MidFDHandover)
+	if fs.sq.store(fhName(uint64(h.id)), &h.fdRef) != nil {
+		fs.storeErrs.Add(1)
 	}
-	return fs.sq.store(name, fd)
 }
 
 // StoreErrors is the number of fd store calls that failed (those fds would
@@ -103,7 +108,7 @@ func (fs *FS) keep(in *inode) {
 		return
 	}
 	defer in.unpin()
-	if err := fs.storeFD(inoName(uint64(in.tid)), in.fd, true); err != nil {
+	if err := fs.storeFD(inoName(uint64(in.tid)), in.fd); err != nil {
 		fs.storeErrs.Add(1)
 		return
 	}
@@ -245,7 +250,7 @@ func (fs *FS) materializeLocked(id maptable.ID, fd int) (*inode, unix.Errno) {
 	in.fd = fd
 	if in.flags&recKept == 0 && fs.store != nil && (st.Nlink == 0 || !hasFh) {
 		// Reachable now (an fd kept it alive), not after the next restart.
-		if fs.storeFD(inoName(uint64(id)), fd, true) == nil {
+		if fs.storeFD(inoName(uint64(id)), fd) == nil {
 			in.flags |= recKept
 		}
 	}
@@ -296,8 +301,9 @@ func (fs *FS) materializeHandleLocked(id maptable.ID, fd int) (*handle, unix.Err
 	}
 	fs.installHandleLocked(h)
 	installed = true
-	if reopened && fs.store != nil && fs.storeFD(fhName(uint64(id)), fd, false) != nil {
-		fs.storeErrs.Add(1)
+	if reopened && fs.store != nil {
+		h.pins.Add(1) // the store queue's
+		fs.storeLazy(h)
 	}
 	return h, 0
 }

@@ -48,8 +48,9 @@ type BatchStore interface {
 //     last link is kept (storeNow) before the unlink. Without
 //     open_by_handle_at (a user namespace), FS.Flush sends queued stores
 //     before the dataplane publishes the replies naming them.
-//   - A queued store owns a duplicate of the fd: the caller may close its
-//     own at any time.
+//   - A queued store holds a pin on the handle's fdRef (taken by the caller
+//     under the table lock, dropped here once sent or cancelled): the fd
+//     stays open, and its number unused by anything else, until then.
 //   - Removes need no durability: one lost in a crash leaves an fd whose
 //     record is gone, which the next worker drops (sweepOrphans). They wait
 //     in the queue for the next flush, at most maxQueuedRemoves of them.
@@ -71,7 +72,8 @@ type storeQueue struct {
 	mu      sync.Mutex
 	removes []string // +checklocks:mu
 	names   []string // +checklocks:mu
-	fds     []int    // +checklocks:mu; duplicates, owned here
+	fds     []int    // +checklocks:mu
+	refs    []*fdRef // +checklocks:mu; fds[i]'s pinned owner (nil: storeNow's, borrowed)
 	text    int      // +checklocks:mu; Σ len(name)+1 over removes and names
 }
 
@@ -108,25 +110,24 @@ func (q *storeQueue) roomLocked(name string, fd bool) error {
 		fd && len(q.fds) >= fdstore.MaxFDsPerMessage ||
 		!fd && len(q.removes) >= maxQueuedRemoves
 	if full {
-		return q.flushLocked(0)
+		return q.flushLocked()
 	}
 	return nil
 }
 
-// store queues fd under name (a duplicate; the caller keeps fd).
-func (q *storeQueue) store(name string, fd int) error {
+// store queues r's fd under name. The caller pinned r for the queue,
+// which unpins it once the fd is sent or the store cancelled.
+func (q *storeQueue) store(name string, r *fdRef) error {
 	if q.batch == nil {
-		return q.out.Store(name, fd)
-	}
-	dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
-	if err != nil {
-		return err
+		defer r.unpin()
+		return q.out.Store(name, r.fd)
 	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	ferr := q.roomLocked(name, true)
 	q.names = append(q.names, name)
-	q.fds = append(q.fds, dup)
+	q.fds = append(q.fds, r.fd)
+	q.refs = append(q.refs, r)
 	q.text += len(name) + 1
 	q.queued.Store(true)
 	if !q.stores.Load() {
@@ -138,7 +139,7 @@ func (q *storeQueue) store(name string, fd int) error {
 
 // storeNow stores fd under name and returns once it is durable, with
 // everything queued before it. fd goes into the message as it is (it is
-// sent before storeNow returns: no duplicate).
+// sent before storeNow returns: the caller's fd, borrowed).
 func (q *storeQueue) storeNow(name string, fd int) error {
 	if q.batch == nil {
 		return q.out.Store(name, fd)
@@ -148,8 +149,9 @@ func (q *storeQueue) storeNow(name string, fd int) error {
 	ferr := q.roomLocked(name, true)
 	q.names = append(q.names, name)
 	q.fds = append(q.fds, fd)
+	q.refs = append(q.refs, nil)
 	q.text += len(name) + 1
-	return errors.Join(ferr, q.flushLocked(1))
+	return errors.Join(ferr, q.flushLocked())
 }
 
 // remove queues the removal of every fd stored under name.
@@ -169,9 +171,10 @@ func (q *storeQueue) removeName(name string, once bool) error {
 	canceled := false
 	for i := 0; i < len(q.names); i++ {
 		if q.names[i] == name {
-			unix.Close(q.fds[i])
+			q.refs[i].unpin()
 			q.names = append(q.names[:i], q.names[i+1:]...)
 			q.fds = append(q.fds[:i], q.fds[i+1:]...)
+			q.refs = append(q.refs[:i], q.refs[i+1:]...)
 			q.text -= len(name) + 1
 			i--
 			canceled = true
@@ -198,7 +201,7 @@ func (q *storeQueue) flush() error {
 	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	return q.flushLocked(0)
+	return q.flushLocked()
 }
 
 // flushStores sends everything queued if a store is queued; removes alone
@@ -212,7 +215,7 @@ func (q *storeQueue) flushStores() error {
 	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	return q.flushLocked(0)
+	return q.flushLocked()
 }
 
 // idle sends queued removes (with any queued stores) and stores due
@@ -229,24 +232,26 @@ func (q *storeQueue) idle() (time.Duration, error) {
 			return time.Duration(left), nil
 		}
 	}
-	return 0, q.flushLocked(0)
+	return 0, q.flushLocked()
 }
 
-// flushLocked sends the queue as one message and closes the queue's fds:
-// all but the last borrowed, which are the caller's. Precondition: q.mu
-// held.
-func (q *storeQueue) flushLocked(borrowed int) error {
+// flushLocked sends the queue as one message and unpins the queued
+// stores' fdRefs. Precondition: q.mu held.
+func (q *storeQueue) flushLocked() error {
 	if len(q.removes)+len(q.names) == 0 {
 		q.queued.Store(false)
 		return nil
 	}
 	err := q.batch.SendBatch(q.removes, q.names, q.fds)
-	for _, fd := range q.fds[:len(q.fds)-borrowed] {
-		unix.Close(fd)
+	for _, r := range q.refs {
+		if r != nil {
+			r.unpin()
+		}
 	}
 	clear(q.names)
 	clear(q.removes)
-	q.removes, q.names, q.fds, q.text = q.removes[:0], q.names[:0], q.fds[:0], 0
+	clear(q.refs)
+	q.removes, q.names, q.fds, q.refs, q.text = q.removes[:0], q.names[:0], q.fds[:0], q.refs[:0], 0
 	q.queued.Store(false)
 	q.stores.Store(false)
 	return err

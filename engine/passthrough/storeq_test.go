@@ -37,7 +37,8 @@ func (l *batchLog) SendBatch(removes, names []string, fds []int) error {
 // TestStoreQueueOrder: a queue sends nothing until flushed, then one
 // message; a remove cancels a queued store of its name; a store after a
 // remove of the same name stays after it (removes come first in a
-// message); the caller may close its fd once store returned.
+// message); a queued fd stays open until it is sent, and the queue's pin
+// is dropped once it is.
 func TestStoreQueueOrder(t *testing.T) {
 	l := &batchLog{}
 	q := newStoreQueue(l)
@@ -49,16 +50,25 @@ func TestStoreQueueOrder(t *testing.T) {
 		return f
 	}
 	a, b := fd(), fd()
-	q.store("fh.1", a)
-	q.store("fh.2", b)
-	unix.Close(a) // the queue holds its own duplicate
+	ra, rb := &fdRef{fd: a}, &fdRef{fd: b}
+	ra.pins.Add(1)
+	rb.pins.Add(1)
+	q.store("fh.1", ra)
+	q.store("fh.2", rb)
+	ra.kill() // released: the queue's pin keeps the fd open
 	q.remove("ino.9")
 	q.remove("fh.2") // cancels the queued store
 	if len(l.msgs) != 0 {
 		t.Fatalf("sent before a flush: %v", l.msgs)
 	}
+	if rb.pins.Load() != 0 {
+		t.Error("a cancelled store kept its pin")
+	}
 	if err := q.flush(); err != nil {
 		t.Fatal(err)
+	}
+	if _, err := unix.FcntlInt(uintptr(a), unix.F_GETFD, 0); err == nil || ra.pins.Load() != 0 {
+		t.Error("a sent store kept its pin (the released fd is still open)")
 	}
 	q.remove("lk.1.2")
 	if err := q.storeNow("lk.1.2", b); err != nil {
@@ -83,8 +93,10 @@ func TestStoreQueueLimits(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer unix.Close(f)
+	r := &fdRef{fd: f}
 	for i := range 600 {
-		if err := q.store(fhName(uint64(1<<32|i)), f); err != nil {
+		r.pins.Add(1)
+		if err := q.store(fhName(uint64(1<<32|i)), r); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -112,6 +124,9 @@ func TestStoreQueueLimits(t *testing.T) {
 	}
 	if total != 600 {
 		t.Errorf("%d stores sent, want 600", total)
+	}
+	if n := r.pins.Load(); n != 0 {
+		t.Errorf("%d pins left after every store was sent", n)
 	}
 }
 
