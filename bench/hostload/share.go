@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // Workload is one host-side operation mix.
@@ -75,7 +77,11 @@ func PrepareShare(dir string, fileSize int64, entries int) (*Share, error) {
 		return nil, fmt.Errorf("hostload: file size %d below 1 MiB (the largest I/O)", fileSize)
 	}
 	s := &Share{Dir: dir, FileSize: fileSize, DirEntries: entries}
-	for _, d := range []string{dir, filepath.Join(dir, BigDirName), filepath.Join(dir, NewDirName)} {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	spreadSubdirs(dir)
+	for _, d := range []string{filepath.Join(dir, BigDirName), filepath.Join(dir, NewDirName)} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return nil, err
 		}
@@ -146,18 +152,49 @@ func (s *Share) fillDir() error {
 	return nil
 }
 
-// CleanNew empties the create directory (a run stopped between CREATE and
-// UNLINK leaves a file behind).
+// CleanNew replaces the create directory by a new, empty one, before every
+// run: a run stopped between CREATE and UNLINK leaves files behind, and a
+// directory's files are allocated in its inode group, where ext4 skips
+// inodes freed within the last minutes when it allocates (recently_deleted):
+// after a run's thousands of creates and unlinks, creating in that group
+// gets slower for minutes (in-process create+unlink fell from 67k/s to
+// 2.8k/s here), so each run would pay for the ones before it. A new
+// directory under the share (spreadSubdirs) starts in another group.
 func (s *Share) CleanNew() error {
 	d := filepath.Join(s.Dir, NewDirName)
-	ents, err := os.ReadDir(d)
-	if err != nil {
+	tmp := d + ".fresh"
+	old := d + ".old"
+	os.RemoveAll(tmp)
+	if err := os.Mkdir(tmp, 0o755); err != nil {
 		return err
 	}
-	for _, e := range ents {
-		if err := os.RemoveAll(filepath.Join(d, e.Name())); err != nil {
-			return err
-		}
+	if err := os.RemoveAll(old); err != nil {
+		return err
 	}
-	return nil
+	if err := os.Rename(d, old); err != nil && !os.IsNotExist(err) {
+		return err
+	}
+	if err := os.Rename(tmp, d); err != nil {
+		return err
+	}
+	return os.RemoveAll(old)
+}
+
+// fsTopdirFL is FS_TOPDIR_FL (chattr +T): ext4's Orlov allocator places a
+// new subdirectory of such a directory in a group of its own choosing
+// (many free inodes), as for the filesystem's top-level directories,
+// instead of its parent's group.
+const fsTopdirFL = 0x00020000
+
+// spreadSubdirs sets fsTopdirFL on dir where the filesystem has it (best
+// effort: other filesystems have no inode groups to spread over).
+func spreadSubdirs(dir string) {
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return
+	}
+	defer unix.Close(fd)
+	if fl, err := unix.IoctlGetUint32(fd, unix.FS_IOC_GETFLAGS); err == nil && fl&fsTopdirFL == 0 {
+		unix.IoctlSetPointerInt(fd, unix.FS_IOC_SETFLAGS, int(fl|fsTopdirFL))
+	}
 }
