@@ -229,6 +229,17 @@ func (fs *FS) materializeLocked(id maptable.ID, fd int) (*inode, unix.Errno) {
 		} else {
 			unix.Close(sfd)
 		}
+	} else if !own && hasFh && !sameInode(fd, fh) {
+		// The caller's fd has the record's key but is another inode: the
+		// record's inode is gone (deleted while no fd kept it: a file
+		// unlinked without open handles, or deleted on the host, then a
+		// restart) and the filesystem reused its number. The guest may
+		// still FORGET the old nodeid (ignored from now on: there is
+		// nothing left to release) but can no longer use it; the caller
+		// makes a record for the new inode.
+		fs.inodes.Delete(id)
+		crash(cpMaptable)
+		return nil, unix.ESTALE
 	}
 	if fd < 0 && hasFh {
 		var err error

@@ -118,6 +118,17 @@ func faccessat2(dirfd int, name []byte, mode uint32, flags int) error {
 }
 
 // fileHandle is struct file_handle with room for maxHandleSize bytes.
+// sameInode reports whether fd's file handle is fh (the same inode: for
+// most filesystems its number and generation). False when fd has no handle.
+func sameInode(fd int, fh unix.FileHandle) bool {
+	var cur fileHandle
+	if nameToHandle(fd, &cur) != nil {
+		return false
+	}
+	b := fh.Bytes()
+	return cur.typ == fh.Type() && int(cur.bytes) == len(b) && string(cur.f[:cur.bytes]) == string(b)
+}
+
 type fileHandle struct {
 	bytes uint32
 	typ   int32

@@ -21,7 +21,8 @@ import (
 )
 
 // Ops lists the operations Run knows.
-var Ops = []string{"getattr", "lookup", "read4k", "write4k", "read128k", "write128k", "read1m", "write1m", "create", "readdirplus"}
+var Ops = []string{"getattr", "lookup", "read4k", "write4k", "read128k", "write128k", "read1m", "write1m", "create", "readdirplus",
+	"statfs", "lookup-missing"}
 
 // Config is one load run.
 type Config struct {
@@ -360,6 +361,15 @@ func (w *worker) op(ctx context.Context, op string, fileSize int64) (int, error)
 		return 0, err
 	case "lookup":
 		_, err := w.c.Lookup(ctx, root, "data")
+		return 0, err
+	case "statfs":
+		_, err := w.c.Statfs(ctx, root)
+		return 0, err
+	case "lookup-missing": // a negative lookup, as before every create
+		_, err := w.c.Lookup(ctx, root, "missing")
+		if errors.Is(err, unix.ENOENT) {
+			err = nil
+		}
 		return 0, err
 	case "read4k", "read128k", "read1m":
 		off := w.offset(fileSize)
