@@ -119,14 +119,7 @@ func abandon(fs *FS) {
 	if fs.sq != nil {
 		// What the dead worker had queued for the store never got there.
 		fs.sq.mu.Lock()
-		for _, r := range fs.sq.refs {
-			if r != nil {
-				r.unpin()
-			}
-		}
-		fs.sq.removes, fs.sq.names, fs.sq.fds, fs.sq.refs, fs.sq.text = nil, nil, nil, nil, 0
-		fs.sq.queued.Store(false)
-		fs.sq.stores.Store(false)
+		fs.sq.resetLocked()
 		fs.sq.mu.Unlock()
 	}
 	for _, mu := range []*sync.RWMutex{&fs.imu, &fs.hmu} {
@@ -326,6 +319,15 @@ func scenarios() []scenario {
 			r.t.Fatal(err)
 		}
 	}
+	// fGone checks an UNLINK of "f" succeeded and removed it on the host.
+	fGone := func(r *rig, e unix.Errno) {
+		if e != 0 {
+			r.t.Fatalf("errno %v", e)
+		}
+		if _, err := os.Lstat(r.c.path("f")); !os.IsNotExist(err) {
+			r.t.Error("f still there")
+		}
+	}
 	entryCount := func(want uint64) func(r *rig, e unix.Errno, p []byte) {
 		return func(r *rig, e unix.Errno, p []byte) {
 			if e != 0 {
@@ -379,12 +381,7 @@ func scenarios() []scenario {
 			r.c.open(f.NodeID, unix.O_RDONLY) // open in the guest: must be kept
 			return request{op: fuse.OpUnlink, nodeid: fuse.RootID, args: [][]byte{name("f")}}
 		}, func(r *rig, e unix.Errno, p []byte) {
-			if e != 0 {
-				r.t.Fatalf("errno %v", e)
-			}
-			if _, err := os.Lstat(r.c.path("f")); !os.IsNotExist(err) {
-				r.t.Error("f still there")
-			}
+			fGone(r, e)
 			if len(r.store.names("ino.")) != 1 {
 				r.t.Errorf("unlinked inode's fd not kept: %v", r.store.names("ino."))
 			}
@@ -394,12 +391,7 @@ func scenarios() []scenario {
 			r.mustLookup("f")
 			return request{op: fuse.OpUnlink, nodeid: fuse.RootID, args: [][]byte{name("f")}}
 		}, func(r *rig, e unix.Errno, p []byte) {
-			if e != 0 {
-				r.t.Fatalf("errno %v", e)
-			}
-			if _, err := os.Lstat(r.c.path("f")); !os.IsNotExist(err) {
-				r.t.Error("f still there")
-			}
+			fGone(r, e)
 			// Kept or not: after a crash the inode is loaded from its
 			// record, and the new worker keeps those (TestUnlinkUnopened
 			// checks the case without one).

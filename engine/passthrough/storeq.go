@@ -124,11 +124,7 @@ func (q *storeQueue) store(name string, r *fdRef) error {
 	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	ferr := q.roomLocked(name, true)
-	q.names = append(q.names, name)
-	q.fds = append(q.fds, r.fd)
-	q.refs = append(q.refs, r)
-	q.text += len(name) + 1
+	ferr := q.appendLocked(name, r.fd, r)
 	q.queued.Store(true)
 	if !q.stores.Load() {
 		q.since.Store(nanotime())
@@ -146,12 +142,20 @@ func (q *storeQueue) storeNow(name string, fd int) error {
 	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	ferr := q.appendLocked(name, fd, nil)
+	return errors.Join(ferr, q.flushLocked())
+}
+
+// appendLocked adds a store of fd (owned by r, or borrowed when r is nil)
+// under name, sending the queue first if it would not fit.
+// Precondition: q.mu held.
+func (q *storeQueue) appendLocked(name string, fd int, r *fdRef) error {
 	ferr := q.roomLocked(name, true)
 	q.names = append(q.names, name)
 	q.fds = append(q.fds, fd)
-	q.refs = append(q.refs, nil)
+	q.refs = append(q.refs, r)
 	q.text += len(name) + 1
-	return errors.Join(ferr, q.flushLocked())
+	return ferr
 }
 
 // remove queues the removal of every fd stored under name.
@@ -235,14 +239,21 @@ func (q *storeQueue) idle() (time.Duration, error) {
 	return 0, q.flushLocked()
 }
 
-// flushLocked sends the queue as one message and unpins the queued
-// stores' fdRefs. Precondition: q.mu held.
+// flushLocked sends the queue as one message and empties it.
+// Precondition: q.mu held.
 func (q *storeQueue) flushLocked() error {
 	if len(q.removes)+len(q.names) == 0 {
 		q.queued.Store(false)
 		return nil
 	}
 	err := q.batch.SendBatch(q.removes, q.names, q.fds)
+	q.resetLocked()
+	return err
+}
+
+// resetLocked empties the queue and unpins the queued stores' fdRefs.
+// Precondition: q.mu held.
+func (q *storeQueue) resetLocked() {
 	for _, r := range q.refs {
 		if r != nil {
 			r.unpin()
@@ -254,7 +265,6 @@ func (q *storeQueue) flushLocked() error {
 	q.removes, q.names, q.fds, q.refs, q.text = q.removes[:0], q.names[:0], q.fds[:0], q.refs[:0], 0
 	q.queued.Store(false)
 	q.stores.Store(false)
-	return err
 }
 
 // Flush makes the fd stores queued by the requests served so far durable
