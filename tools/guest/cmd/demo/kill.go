@@ -189,7 +189,7 @@ func (k *killer) report(res *guest.Result) error {
 	killed, other, _ := guest.WorkerDeaths(res.DaemonLog)
 	fmt.Printf("killed workers (SIGKILL during fio): %v; the supervisor logged %d killed worker(s), %d other death(s)\n",
 		k.kills, len(killed), len(other))
-	fmt.Printf("the guest's fio (randrw 16 MiB, crc32c, verify_fatal=1) passed with no error: the guest did not notice\n")
+	fmt.Printf("the guest's fio (randrw 40 MiB, crc32c, verify_fatal=1) passed with no error: the guest did not notice\n")
 	st := k.after
 	if st == nil {
 		return fmt.Errorf("no supervisor status after the fio step")
