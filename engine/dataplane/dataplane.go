@@ -113,6 +113,7 @@ func (d *Dataplane) StartQueue(i int, c vhostuser.QueueConfig) error {
 		return err
 	}
 	d.queues[i] = q
+	queueStarted()
 	go q.run()
 	return nil
 }

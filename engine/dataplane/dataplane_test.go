@@ -295,3 +295,27 @@ func TestIdleWakeUp(t *testing.T) {
 		}
 	}
 }
+
+// TestSpareProcs: every running queue thread adds a P (sched.go), so that
+// a P is idle while the queue threads sleep in their syscalls.
+func TestSpareProcs(t *testing.T) {
+	h := newHarness(t, &fakeFS{}, 8, true)
+	h.start(0)
+	h.start(1)
+	procs.mu.Lock()
+	base, threads := procs.base, procs.threads
+	procs.mu.Unlock()
+	if threads < 2 {
+		t.Fatalf("%d queue threads counted, want at least 2", threads)
+	}
+	if got := runtime.GOMAXPROCS(0); got < base+threads {
+		t.Fatalf("GOMAXPROCS %d with %d queue threads over a base of %d", got, threads, base)
+	}
+	h.dp.Close()
+	procs.mu.Lock()
+	threads = procs.threads
+	procs.mu.Unlock()
+	if threads != 0 {
+		t.Fatalf("%d queue threads counted after Close", threads)
+	}
+}

@@ -78,6 +78,7 @@ type queue struct {
 	resubmit   []uint16 // heads in flight when the previous backend died, in pop order
 	resumed    bool     // the queue resumed from an inflight region: notify once after resubmitting
 	popping    bool     // inside Pop: inflight stores there are not publish stores
+	yield      yielder  // see sched.go
 }
 
 func newQueue(d *Dataplane, i int, c vhostuser.QueueConfig) (q *queue, err error) {
@@ -206,6 +207,7 @@ func (q *queue) run() {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	defer close(q.exited)
+	defer queueExited()
 	if q.resumed {
 		q.resume()
 	}
@@ -242,6 +244,7 @@ func (q *queue) run() {
 				}
 			}
 		}
+		q.yield.maybe()
 		n, err := q.wait(timeout)
 		if err != nil {
 			q.exitErr = err
@@ -455,6 +458,7 @@ func (q *queue) drain() bool {
 			q.serve(false)
 		}
 		q.publish()
+		q.yield.maybe()
 		if budget == 0 {
 			return true
 		}
