@@ -299,6 +299,7 @@ func TestIdleWakeUp(t *testing.T) {
 // TestSpareProcs: every running queue thread adds a P (sched.go), so that
 // a P is idle while the queue threads sleep in their syscalls.
 func TestSpareProcs(t *testing.T) {
+	before := runtime.GOMAXPROCS(0)
 	h := newHarness(t, &fakeFS{}, 8, true)
 	h.start(0)
 	h.start(1)
@@ -317,5 +318,8 @@ func TestSpareProcs(t *testing.T) {
 	procs.mu.Unlock()
 	if threads != 0 {
 		t.Fatalf("%d queue threads counted after Close", threads)
+	}
+	if got := runtime.GOMAXPROCS(0); got != before {
+		t.Fatalf("GOMAXPROCS %d after the last queue stopped, %d before", got, before)
 	}
 }

@@ -27,9 +27,8 @@ import (
 //     request anything. Its tick moves, so sysmon never sees a hog.
 //   - spare Ps: sysmon also retakes a P that is in a syscall for more than
 //     one of its ticks when no P is idle. Queue threads hold their P while
-//     they sleep, so GOMAXPROCS is raised to the Ps the process started
-//     with plus one per running queue thread (never lowered: each change
-//     stops the world).
+//     they sleep, so GOMAXPROCS is raised to the Ps the process had plus
+//     one per running queue thread (and put back when none runs).
 //
 // Measured with tools/loadgen, polling off, CREATE+RELEASE+UNLINK+FORGET at
 // depth 1: sysmon's nanosleeps went from 4,300–5,400/s to 100–180/s and the
@@ -49,10 +48,12 @@ func (y *yielder) maybe() {
 	}
 }
 
-// procs counts queue threads to keep GOMAXPROCS at base+threads.
+// procs counts queue threads to keep GOMAXPROCS at base+threads while any
+// run.
 var procs struct {
 	mu      sync.Mutex
 	base    int // GOMAXPROCS before the first queue started
+	set     int // what queueStarted set it to (0: not raised)
 	threads int
 }
 
@@ -61,19 +62,25 @@ var procs struct {
 func queueStarted() {
 	procs.mu.Lock()
 	defer procs.mu.Unlock()
-	if procs.base == 0 {
-		procs.base = runtime.GOMAXPROCS(0)
+	if procs.threads == 0 {
+		procs.base, procs.set = runtime.GOMAXPROCS(0), 0
 	}
 	procs.threads++
 	if want := procs.base + procs.threads; runtime.GOMAXPROCS(0) < want {
 		runtime.GOMAXPROCS(want)
+		procs.set = want
 	}
 }
 
-// queueExited accounts for a queue thread that exited. GOMAXPROCS stays:
-// a device restarts its queues at every reset.
+// queueExited accounts for a queue thread that exited. When the last one
+// has, GOMAXPROCS goes back to what it was (unless something else changed
+// it since); while some run it stays, as a device restarts its queues at
+// every reset and each change stops the world.
 func queueExited() {
 	procs.mu.Lock()
+	defer procs.mu.Unlock()
 	procs.threads--
-	procs.mu.Unlock()
+	if procs.threads == 0 && procs.set != 0 && runtime.GOMAXPROCS(0) == procs.set {
+		runtime.GOMAXPROCS(procs.base)
+	}
 }
