@@ -23,8 +23,8 @@ import (
 //
 // Two measures keep sysmon at its 10 ms period:
 //   - yield: a queue thread calls runtime.Gosched itself at least every
-//     yieldEvery, between batches, where giving the CPU away costs no
-//     request anything. Its tick moves, so sysmon never sees a hog.
+//     yieldEvery, after publishing a batch (so no answer waits on it) or
+//     before sleeping. Its tick moves, so sysmon never sees a hog.
 //   - spare Ps: sysmon also retakes a P that is in a syscall for more than
 //     one of its ticks when no P is idle. Queue threads hold their P while
 //     they sleep, so GOMAXPROCS is raised to the Ps the process had plus
