@@ -108,3 +108,14 @@ func TestScriptJobs(t *testing.T) {
 		t.Errorf("PASS marker appears %d times", n)
 	}
 }
+
+// The boot order alternates between cache modes, both daemons each time.
+func TestBootOrder(t *testing.T) {
+	a, b := bootOrder(0), bootOrder(1)
+	if len(a) != 2 || len(b) != 2 || a[0] != b[1] || a[1] != b[0] || a[0] == a[1] {
+		t.Fatalf("boot orders %v then %v", a, b)
+	}
+	if c := bootOrder(2); c[0] != a[0] {
+		t.Fatalf("third cache mode boots %v, the first %v", c, a)
+	}
+}
