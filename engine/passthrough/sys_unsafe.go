@@ -117,7 +117,6 @@ func faccessat2(dirfd int, name []byte, mode uint32, flags int) error {
 	return errnoErr(e)
 }
 
-// fileHandle is struct file_handle with room for maxHandleSize bytes.
 // sameInode reports whether fd's file handle is fh (the same inode: for
 // most filesystems its number and generation). False when fd has no handle.
 func sameInode(fd int, fh unix.FileHandle) bool {
@@ -125,10 +124,10 @@ func sameInode(fd int, fh unix.FileHandle) bool {
 	if nameToHandle(fd, &cur) != nil {
 		return false
 	}
-	b := fh.Bytes()
-	return cur.typ == fh.Type() && int(cur.bytes) == len(b) && string(cur.f[:cur.bytes]) == string(b)
+	return cur.typ == fh.Type() && string(cur.f[:cur.bytes]) == string(fh.Bytes())
 }
 
+// fileHandle is struct file_handle with room for maxHandleSize bytes.
 type fileHandle struct {
 	bytes uint32
 	typ   int32
