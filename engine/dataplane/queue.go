@@ -458,18 +458,17 @@ func (q *queue) drain() bool {
 			q.serve(false)
 		}
 		q.publish()
-		q.yield.maybe()
 		if budget == 0 {
 			return true
 		}
-		if q.poller.poll(q.vq.HasAvail) {
-			q.poller.woke()
-			continue // notifications stayed off: the driver did not kick
-		}
-		if !q.vq.EnableNotify() {
+		// Work found by polling comes with notifications still off (the
+		// driver did not kick); EnableNotify re-checks the ring after
+		// turning them on.
+		if !q.poller.poll(q.vq.HasAvail) && !q.vq.EnableNotify() {
 			return false // sleep; run calls woke on the kick
 		}
 		q.poller.woke()
+		q.yield.maybe() // run yields on the ways out
 	}
 }
 
