@@ -21,9 +21,11 @@
 //
 // Concurrency: Frontend's control methods (Send, Recv, Call, Stop) serialise
 // on one mutex and may be called from any goroutine. Queue.Submit may be
-// called from any goroutine; each queue has one reaper goroutine that polls
-// the used ring (woken by the call eventfd, and on a short timer so a lost
-// interrupt costs latency, never a hang) and completes requests.
+// called from any goroutine. The goroutines waiting for completions reap the
+// used ring themselves, one leading at a time (see Completion.Wait); each
+// queue's reaper goroutine takes the lead while many wait, and completes the
+// chains nobody waits for. Whoever leads sleeps on the call eventfd with a
+// short timeout, so a lost interrupt costs latency, never a hang.
 //
 // Lock order: Frontend.ctl > Queue.mu > Memory.mu.
 package frontend

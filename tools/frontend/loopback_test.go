@@ -365,3 +365,85 @@ func TestHangupFailsOutstanding(t *testing.T) {
 		t.Fatalf("Submit after hangup: %v", err)
 	}
 }
+
+// TestWaitLeadership drives the leader/follower reaping through its paths: a
+// burst of concurrent Waits (the reaper takes the lead), sequential Waits
+// (each leads itself), a chain nobody Waits for (the reaper's timer completes
+// it), and a Wait whose ctx is already done. Nobody may be left leading or
+// following.
+func TestWaitLeadership(t *testing.T) {
+	_, path := startFake(t, 0)
+	f, err := Dial(path, Options{Mem: MemOptions{Size: 4 << 20}, QueueSize: 64})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	q := f.Queue(1)
+	var wg sync.WaitGroup
+	errs := make(chan error, 32)
+	for i := range 32 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for k := range 20 {
+				if err := echo(f, q, (i+k)%32); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	for i := range 50 {
+		if err := echo(f, q, i%8); err != nil {
+			t.Fatal(err)
+		}
+	}
+	gpa, _ := f.Mem.Alloc(64, false)
+	unwaited := NewCompletion()
+	if err := q.Submit([]Buf{{gpa, 8}}, []Buf{{gpa + 8, 8}}, unwaited); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-unwaited.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("a chain nobody Waits for was never completed")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	c := NewCompletion()
+	if err := q.Submit([]Buf{{gpa, 8}}, []Buf{{gpa + 8, 8}}, c); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Wait(ctx); err != nil {
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("Wait with a cancelled ctx: %v", err)
+		}
+		select {
+		case <-c.Done():
+		case <-time.After(5 * time.Second):
+			t.Fatal("chain abandoned by its Wait was never completed")
+		}
+	}
+	if err := echo(f, q, 3); err != nil {
+		t.Fatal(err)
+	}
+	// The reaper, if it led the last Wait, gives up the lead right after.
+	var leading bool
+	var followers int
+	for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(time.Millisecond) {
+		q.mu.Lock()
+		leading, followers = q.leading, len(q.followers)
+		q.mu.Unlock()
+		if !leading && followers == 0 || time.Now().After(deadline) {
+			break
+		}
+	}
+	if leading || followers != 0 {
+		t.Fatalf("after all Waits returned: leading %v, %d followers", leading, followers)
+	}
+}
