@@ -323,3 +323,16 @@ func TestSpareProcs(t *testing.T) {
 		t.Fatalf("GOMAXPROCS %d after the last queue stopped, %d before", got, before)
 	}
 }
+
+// The hiprio queue never polls: nobody waits for its completions.
+func TestHiprioDoesNotPoll(t *testing.T) {
+	h := newHarness(t, &fakeFS{}, 8, true)
+	h.start(0)
+	h.start(1)
+	h.dp.mu.Lock()
+	hi, req := h.dp.queues[0].poller.max, h.dp.queues[1].poller.max
+	h.dp.mu.Unlock()
+	if hi != 0 || req == 0 {
+		t.Fatalf("polling cap: hiprio queue %v, request queue %v", hi, req)
+	}
+}

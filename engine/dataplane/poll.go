@@ -18,7 +18,8 @@ import (
 // (from minPoll, doubling); ones longer than max shrink it (halving, to 0
 // below minPoll). CPU spent polling is thus bounded by what it saves: a
 // queue whose requests come further apart than max stops polling after a
-// few idle periods. Options.PollMax < 0 turns polling off.
+// few idle periods. Options.PollMax < 0 turns polling off; the hiprio queue
+// never polls (queue.go).
 const (
 	minPoll = 5 * time.Microsecond
 	// DefaultPollMax is the largest window when Options.PollMax is 0.
