@@ -6,7 +6,8 @@ import (
 )
 
 // The window grows while idle periods end inside max, stays while they end
-// inside it, and collapses to 0 when they last longer than max.
+// inside it or last less than holdFactor×max, and collapses to 0 when they
+// last longer.
 func TestPollerAdapts(t *testing.T) {
 	p := poller{max: 40 * time.Microsecond}
 	idle := p.adapt // exact idle lengths: woke measures them with the clock
@@ -26,6 +27,12 @@ func TestPollerAdapts(t *testing.T) {
 	idle(10 * time.Microsecond)
 	if p.window != p.max {
 		t.Fatalf("an idle inside the window changed it: %v", p.window)
+	}
+	for i := 0; i < 5; i++ {
+		idle(holdFactor*p.max - time.Microsecond)
+	}
+	if p.window != p.max {
+		t.Fatalf("idles under %d× the cap changed the window: %v", holdFactor, p.window)
 	}
 	for i := 0; i < 5; i++ {
 		idle(time.Millisecond)
