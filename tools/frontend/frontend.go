@@ -221,27 +221,58 @@ func (f *Frontend) start() error {
 	for _, q := range f.queues {
 		q.startReaper()
 	}
-	reserveProcs(f.opts.RequestQueues + 1)
+	f.reserveProcs(f.opts.RequestQueues + 1)
 	return nil
 }
 
-// reserveProcs raises GOMAXPROCS to at least n. Each request queue's
-// leading Wait sleeps in epoll_wait holding a P, and the goroutines it wakes
-// go on that P's run queue: with as many request queues as Ps, all of them
-// can sleep at once and the woken goroutines wait for sysmon to take a P
-// back (up to 10 ms). getattr at depth 32 on 2 request queues, GOMAXPROCS 2
-// (this machine's cores): 56-72k ops/s, p99 11-12 ms; with 3: 147k, p99
-// 1.8 ms. One request queue does best with no spare P (depth-32 getattr
-// 227k ops/s at 2 Ps, 154-157k at 3), so the floor is queues + 1.
-func reserveProcs(n int) {
-	procsMu.Lock()
-	defer procsMu.Unlock()
-	if runtime.GOMAXPROCS(0) < n {
-		runtime.GOMAXPROCS(n)
+// reserveProcs keeps GOMAXPROCS at least n while the frontend is open
+// (releaseProcs gives it back). Each request queue's leading Wait sleeps in
+// epoll_wait holding a P, and the goroutines it wakes go on that P's run
+// queue: with as many request queues as Ps, all of them can sleep at once
+// and the woken goroutines wait for sysmon to take a P back (up to 10 ms).
+// getattr at depth 32 on 2 request queues, GOMAXPROCS 2 (this machine's
+// cores): 56-72k ops/s, p99 11-12 ms; with 3: 134-147k, p99 1.8 ms. One
+// request queue does best with no spare P (depth-32 getattr 227-246k ops/s
+// at 2 Ps, 154-157k at 3), so the floor is queues + 1.
+func (f *Frontend) reserveProcs(n int) {
+	procs.mu.Lock()
+	defer procs.mu.Unlock()
+	if len(procs.floors) == 0 {
+		procs.base = runtime.GOMAXPROCS(0)
+	}
+	procs.floors[f] = n
+	procs.setLocked()
+}
+
+func (f *Frontend) releaseProcs() {
+	procs.mu.Lock()
+	defer procs.mu.Unlock()
+	if _, ok := procs.floors[f]; ok {
+		delete(procs.floors, f)
+		procs.setLocked()
 	}
 }
 
-var procsMu sync.Mutex
+// procs holds the GOMAXPROCS floors of the open frontends.
+var procs = procsState{floors: map[*Frontend]int{}}
+
+type procsState struct {
+	mu     sync.Mutex
+	base   int               // +checklocks:mu; GOMAXPROCS before the first floor
+	floors map[*Frontend]int // +checklocks:mu
+}
+
+// setLocked sets GOMAXPROCS to the base or the highest floor.
+// Precondition: p.mu held.
+func (p *procsState) setLocked() {
+	n := p.base
+	for _, f := range p.floors {
+		n = max(n, f)
+	}
+	if runtime.GOMAXPROCS(0) != n {
+		runtime.GOMAXPROCS(n)
+	}
+}
 
 func (f *Frontend) memFDs() []int {
 	fds := make([]int, len(f.Mem.regions))
@@ -482,6 +513,7 @@ func (f *Frontend) Close() error {
 		q.close()
 	}
 	f.queues = nil
+	f.releaseProcs()
 	if f.Mem != nil {
 		f.Mem.Close()
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -445,5 +446,23 @@ func TestWaitLeadership(t *testing.T) {
 	}
 	if leading || followers != 0 {
 		t.Fatalf("after all Waits returned: leading %v, %d followers", leading, followers)
+	}
+}
+
+// An open frontend keeps GOMAXPROCS at least its request queues + 1 and
+// gives it back on Close.
+func TestReserveProcs(t *testing.T) {
+	before := runtime.GOMAXPROCS(0)
+	_, path := startFake(t, 0)
+	f, err := Dial(path, Options{Mem: MemOptions{Size: 1 << 20}, RequestQueues: 2, QueueSize: 16})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := runtime.GOMAXPROCS(0); got < 3 || got < before {
+		t.Fatalf("GOMAXPROCS %d with 2 request queues open (%d before)", got, before)
+	}
+	f.Close()
+	if got := runtime.GOMAXPROCS(0); got != before {
+		t.Fatalf("GOMAXPROCS %d after Close, %d before", got, before)
 	}
 }
