@@ -412,6 +412,11 @@ func (q *Queue) reapLoop() {
 	for {
 		select {
 		case <-q.quit:
+			select {
+			case <-q.reaperLead: // handed the lead as the queue closed
+				q.lead(context.Background(), nil) // nobody follows: gives it up
+			default:
+			}
 			return
 		case <-q.reaperLead:
 			q.lead(context.Background(), nil)
