@@ -259,15 +259,26 @@ var procs = procsState{floors: map[*Frontend]int{}}
 type procsState struct {
 	mu     sync.Mutex
 	base   int               // +checklocks:mu; GOMAXPROCS before the first floor
+	set    int               // +checklocks:mu; what setLocked last set (0: nothing)
 	floors map[*Frontend]int // +checklocks:mu
 }
 
-// setLocked sets GOMAXPROCS to the base or the highest floor.
+// setLocked sets GOMAXPROCS to the base or the highest floor. If something
+// else (an in-process backend's dataplane) changed it since, that value is
+// the new base: the floors only ever add to it.
 // Precondition: p.mu held.
 func (p *procsState) setLocked() {
+	if cur := runtime.GOMAXPROCS(0); p.set != 0 && cur != p.set {
+		p.base = cur
+	}
 	n := p.base
 	for _, f := range p.floors {
 		n = max(n, f)
+	}
+	if len(p.floors) == 0 {
+		p.set = 0
+	} else {
+		p.set = n
 	}
 	if runtime.GOMAXPROCS(0) != n {
 		runtime.GOMAXPROCS(n)

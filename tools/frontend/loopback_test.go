@@ -465,4 +465,18 @@ func TestReserveProcs(t *testing.T) {
 	if got := runtime.GOMAXPROCS(0); got != before {
 		t.Fatalf("GOMAXPROCS %d after Close, %d before", got, before)
 	}
+	// A change made by someone else while a frontend is open stays.
+	_, path = startFake(t, 0) // the fake backend serves one connection
+	f, err = Dial(path, Options{Mem: MemOptions{Size: 1 << 20}, QueueSize: 16})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := max(before, 2) + 3
+	runtime.GOMAXPROCS(other)
+	f.Close()
+	if got := runtime.GOMAXPROCS(0); got != other {
+		t.Fatalf("GOMAXPROCS %d after Close, set to %d while open", got, other)
+	}
+	runtime.GOMAXPROCS(before)
 }
+
