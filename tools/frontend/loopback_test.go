@@ -479,4 +479,3 @@ func TestReserveProcs(t *testing.T) {
 	}
 	runtime.GOMAXPROCS(before)
 }
-
