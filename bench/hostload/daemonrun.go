@@ -36,6 +36,8 @@ type DaemonConfig struct {
 	// ReaddirSize is the room offered to each READDIRPLUS (default 4096,
 	// one page, as a Linux 6.1 guest does).
 	ReaddirSize int
+	// ClientPoll is the frontend's PollCompletions (see tools/frontend).
+	ClientPoll time.Duration
 	// During runs from the start of the measured window, with the running
 	// daemon; the window lasts until it returns.
 	During func(ctx context.Context, d *daemon.Daemon)
@@ -96,7 +98,7 @@ func RunDaemon(ctx context.Context, c DaemonConfig) (res Result, err error) {
 		qsize *= 2
 	}
 	fe, err = frontend.Dial(sock, frontend.Options{Mem: frontend.MemOptions{Size: memSize}, QueueSize: qsize,
-		RequestQueues: c.Queues})
+		RequestQueues: c.Queues, PollCompletions: c.ClientPoll})
 	if err != nil {
 		return res, err
 	}

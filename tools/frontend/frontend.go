@@ -28,6 +28,12 @@ type Options struct {
 	// Indirect sends every chain through an indirect descriptor table
 	// (requires VIRTIO_RING_F_INDIRECT_DESC from the backend).
 	Indirect bool
+	// PollCompletions is how long a Wait that reaps for its own chain polls
+	// the used ring before it sleeps on the call eventfd (0: it sleeps at
+	// once). A KVM vCPU waiting for an interrupt halt-polls the same way
+	// before the host deschedules it (halt_poll_ns, 200 µs by default), so a
+	// backend's notification then needs no wake-up.
+	PollCompletions time.Duration
 	// DialTimeout bounds waiting for the socket to appear (default 10s).
 	DialTimeout time.Duration
 	// Trace, if set, is called for every control message sent and received.

@@ -479,3 +479,18 @@ func TestReserveProcs(t *testing.T) {
 	}
 	runtime.GOMAXPROCS(before)
 }
+
+// A Wait that polls for its reply before sleeping (PollCompletions) gets it.
+func TestPollCompletions(t *testing.T) {
+	_, path := startFake(t, 0)
+	f, err := Dial(path, Options{Mem: MemOptions{Size: 4 << 20}, QueueSize: 16, PollCompletions: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	for i := range 50 {
+		if err := echo(f, f.Queue(1), i%8); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -340,6 +341,9 @@ func (q *Queue) lead(ctx context.Context, c *Completion) error {
 			return ctx.Err()
 		}
 		q.mu.Unlock()
+		if c != nil && q.pollUsed() {
+			continue
+		}
 		n, err := unix.EpollWait(q.epfd, evs[:], reapTimeoutMs)
 		if err != nil && err != unix.EINTR {
 			q.fail(fmt.Errorf("queue %d: epoll_wait: %w", q.Index, err))
@@ -356,6 +360,32 @@ func (q *Queue) lead(ctx context.Context, c *Completion) error {
 			// q.stop: close has failed every chain.
 		}
 	}
+}
+
+// pollUsed watches the used ring for Options.PollCompletions and reports
+// whether an element showed up. Only a lone request polls: with others in
+// flight the spinning thread would hold a P their goroutines need.
+func (q *Queue) pollUsed() bool {
+	window := q.fe.opts.PollCompletions
+	if window <= 0 {
+		return false
+	}
+	q.mu.Lock()
+	alone := q.ring.Inflight() == 1
+	q.mu.Unlock()
+	if !alone {
+		return false
+	}
+	for start := time.Now(); time.Since(start) < window; {
+		q.mu.Lock()
+		used := q.ring.HasUsed()
+		q.mu.Unlock()
+		if used {
+			return true
+		}
+		runtime.Gosched() // goroutines about to submit more go first
+	}
+	return false
 }
 
 // passLeadLocked hands the lead to the reaper while a Wait follows, or

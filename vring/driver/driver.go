@@ -271,6 +271,12 @@ func (r *Ring) NeedKick() bool {
 	return ring.Load16(r.used, 0)&ring.UsedFNoNotify == 0
 }
 
+// Inflight is the number of chains added and not yet taken by PollUsed.
+func (r *Ring) Inflight() int { return r.inflight }
+
+// HasUsed reports whether a used element is waiting for PollUsed.
+func (r *Ring) HasUsed() bool { return ring.Load16(r.used, 2) != r.lastUsed }
+
 // PollUsed takes the next used element, if any, and frees its descriptors. It
 // returns ok == false when none is pending or when the device misbehaved (see
 // Err).

@@ -39,6 +39,9 @@ type Config struct {
 	Warmup time.Duration
 	// FileSize is the size of the data file for reads and writes (default 64 MiB).
 	FileSize int64
+	// ClientPoll is the frontend's PollCompletions: how long a waiting
+	// request polls for its reply before sleeping.
+	ClientPoll time.Duration
 	// Dir is where the shared directory and socket are made (default: a
 	// new temporary directory, removed afterwards).
 	Dir string
@@ -160,7 +163,7 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 		qsize *= 2
 	}
 	fe, err = frontend.Dial(sock, frontend.Options{Mem: frontend.MemOptions{Size: memSize}, QueueSize: qsize,
-		RequestQueues: cfg.Queues})
+		RequestQueues: cfg.Queues, PollCompletions: cfg.ClientPoll})
 	if err != nil {
 		return res, err
 	}
