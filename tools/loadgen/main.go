@@ -30,8 +30,8 @@ func main() {
 	flag.DurationVar(&cfg.Duration, "duration", 5*time.Second, "measured time")
 	flag.DurationVar(&cfg.Warmup, "warmup", 500*time.Millisecond, "unmeasured warm-up")
 	flag.Int64Var(&cfg.FileSize, "file-size", 64<<20, "size of the file reads and writes go to")
-	flag.DurationVar(&cfg.ClientPoll, "client-poll", 50*time.Microsecond,
-		"how long a waiting request polls for its reply before sleeping, as a KVM vCPU halt-polls (0: sleep at once)")
+	flag.DurationVar(&cfg.ClientPoll, "client-poll", 0,
+		"how long a lone waiting request polls for its reply before sleeping, as a KVM vCPU halt-polls (0: sleep at once)")
 	verbose := flag.Bool("v", false, "print the daemon's output")
 	flag.Parse()
 	cfg.Daemon = daemon.Kind(*kind)

@@ -52,8 +52,8 @@ func main() {
 	fileMiB := flag.Int("file-mib", 64, "size of the data file of the I/O workloads (MiB)")
 	flag.IntVar(&o.DirEntries, "dir-entries", 10000, "entries of the readdirplus directory")
 	flag.IntVar(&o.ReaddirSize, "readdir-size", 4096, "bytes of room per READDIRPLUS (a Linux guest asks for one page)")
-	flag.DurationVar(&o.ClientPoll, "client-poll", 50*time.Microsecond,
-		"how long the frontend's waiting request polls for its reply before sleeping, as a KVM vCPU halt-polls (0: sleep at once)")
+	flag.DurationVar(&o.ClientPoll, "client-poll", 0,
+		"how long the frontend's lone waiting request polls for its reply before sleeping, as a KVM vCPU halt-polls (0: sleep at once)")
 	flag.StringVar(&o.ShareDir, "share", "", "host directory to serve (kept; default: a temporary one)")
 	out := flag.String("out", "", "results directory (default bench/results/TIMESTAMP)")
 	flag.BoolVar(&o.Floor, "floor", true, "measure the in-process syscall floor")
