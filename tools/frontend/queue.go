@@ -325,8 +325,7 @@ func (q *Queue) lead(ctx context.Context, c *Completion) error {
 		done = q.reap(done)
 		q.mu.Lock()
 		if c == nil && len(q.followers) == 0 {
-			q.leading = false
-			q.noLeader.Broadcast()
+			q.dropLeadLocked()
 			q.mu.Unlock()
 			return nil
 		}
@@ -396,6 +395,12 @@ func (q *Queue) passLeadLocked() {
 		q.reaperLead <- struct{}{}
 		return
 	}
+	q.dropLeadLocked()
+}
+
+// dropLeadLocked leaves the queue without a leader.
+// Precondition: q.mu held by the leader.
+func (q *Queue) dropLeadLocked() {
 	q.leading = false
 	q.noLeader.Broadcast()
 }
