@@ -200,9 +200,13 @@ func TestAcceptedOptions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(c.Warnings) != 3 || !strings.Contains(c.Warnings[0], "--inode-file-handles=prefer") ||
-		!strings.Contains(c.Warnings[1], "FUSE_SUBMOUNTS") || !strings.Contains(c.Warnings[2], "-o no_flock") {
-		t.Fatalf("warnings %q", c.Warnings)
+	if len(c.Warnings) != 2 || !strings.Contains(c.Warnings[0], "FUSE_SUBMOUNTS") ||
+		!strings.Contains(c.Warnings[1], "-o no_flock") || c.EagerInodes {
+		t.Fatalf("warnings %q, eager inodes %v", c.Warnings, c.EagerInodes)
+	}
+	if c, err := parseArgs([]string{"--inode-file-handles=never"}); err != nil || !c.EagerInodes ||
+		!slices.Contains(c.workerArgs(), "--inode-file-handles=never") {
+		t.Fatalf("--inode-file-handles=never: eager %v, worker args %q, %v", c.EagerInodes, c.workerArgs(), err)
 	}
 	if c, _ := parseArgs([]string{"--log-level=off"}); levelName(c.LogLevel) != "off" {
 		t.Fatalf("--log-level=off gives %v", c.LogLevel)

@@ -323,11 +323,12 @@ func (c *config) negotiation(opt, s, why string) error {
 func (c *config) setInodeFileHandles(s string) error {
 	switch s {
 	case "never":
+		c.EagerInodes = true
 	case "prefer", "fallback":
-		c.Warnings = append(c.Warnings, "--inode-file-handles="+s+": vfsd keeps an O_PATH fd per inode the guest "+
-			"knows, as with never (file handles are only recorded for crash recovery)")
+		c.EagerInodes = false
 	case "mandatory":
-		c.refuse("--inode-file-handles=mandatory", "vfsd references inodes by O_PATH fds, not file handles")
+		c.refuse("--inode-file-handles=mandatory", "vfsd holds an O_PATH fd for each inode in use, "+
+			"and falls back to fds where open_by_handle_at is not allowed")
 	default:
 		return errors.New("want never, prefer or mandatory")
 	}
@@ -495,6 +496,9 @@ func (c *config) workerArgs() []string {
 	}
 	if c.AllowDirectIO {
 		args = append(args, "--allow-direct-io")
+	}
+	if c.EagerInodes {
+		args = append(args, "--inode-file-handles=never")
 	}
 	if c.Syslog {
 		args = append(args, "--syslog")

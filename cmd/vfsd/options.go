@@ -63,9 +63,10 @@ var optionDocs = []optionDoc{
 	{[]string{"no-announce-submounts"}, "", "Do not mark host mount points (what vfsd always does).", secFS},
 	{[]string{"announce-submounts"}, "", "Accepted with a warning: vfsd does not announce submounts " +
 		"(FUSE_SUBMOUNTS), so host mount points under the shared directory appear as plain directories.", secFS},
-	{[]string{"inode-file-handles"}, "[=MODE]", "never: what vfsd does (an O_PATH fd per inode the guest knows). " +
-		"prefer (the bare form; fallback is an alias): accepted with a warning, served as never. " +
-		"mandatory: refused.", secFS},
+	{[]string{"inode-file-handles"}, "[=MODE]", "prefer (the default, and the bare form; fallback is an alias): " +
+		"a new inode is recorded with its file handle and gets its O_PATH fd at its first use, reopened with " +
+		"open_by_handle_at (where the process may; else at once). never: an O_PATH fd per inode the guest " +
+		"knows, opened at once, as virtiofsd does. mandatory: refused (vfsd holds an fd for each inode in use).", secFS},
 	{[]string{"preserve-noatime"}, "", "Keep the guest's O_NOATIME (vfsd always does).", secFS},
 	{[]string{"posix-lock", "flock"}, "", "Serve POSIX (fcntl) and flock locks on the host (always on in vfsd).", secFS},
 	{[]string{"no-posix-lock", "no-flock"}, "", "Accepted with a warning: vfsd always serves POSIX and flock locks.", secFS},

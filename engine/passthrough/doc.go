@@ -4,12 +4,16 @@
 //
 // # Inodes and handles
 //
-// A host inode is identified by (st_dev, st_ino, mount id). The FS keeps one
-// O_PATH|O_NOFOLLOW fd per inode the guest knows, and a persistent record in
-// a maptable (per-queue lookup counters, key, file handle from
-// name_to_handle_at when the host filesystem has one); the record's ID is
-// the nodeid, so a stale nodeid answers ESTALE and never names another file. Nodeid 1 is the shared
-// directory's root. Open files and directories are handles in a second
+// A host inode is identified by (st_dev, st_ino, mount id). The FS keeps a
+// persistent record per inode the guest knows in a maptable (per-queue
+// lookup counters, key, file handle from name_to_handle_at when the host
+// filesystem has one) and an O_PATH|O_NOFOLLOW fd. Where the process may
+// open_by_handle_at, the fd is opened at the inode's first use, from the
+// record's handle (a READDIRPLUS entry the guest never uses costs statx and
+// name_to_handle_at, no fd); until then nothing pins the inode, so a key
+// match is confirmed by handle (knownLocked). Options.EagerInodes opens it at
+// once. The record's ID is the nodeid, so a stale nodeid answers ESTALE and
+// never names another file. Nodeid 1 is the shared directory's root. Open files and directories are handles in a second
 // maptable (fh = ID; a bad fh answers EBADF). fds live in in-memory arrays
 // indexed by slot; they cannot live in a memfd.
 //

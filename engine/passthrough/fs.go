@@ -63,6 +63,11 @@ type Options struct {
 	// takes it over and runs path-form calls through a procThread. Else
 	// the FS opens /proc/self/fd itself.
 	ProcSelfFD int
+	// EagerInodes opens every new inode's O_PATH fd at once, as virtiofsd
+	// does (--inode-file-handles=never). Otherwise, where this process may
+	// open_by_handle_at, a new inode is recorded with its file handle and
+	// opened at its first use (see inode); elsewhere eager it is.
+	EagerInodes bool
 }
 
 // Timeouts and open flags per cache mode.
@@ -132,7 +137,11 @@ type FS struct {
 	sq      *storeQueue // the FS's own names go through it; nil without store
 	// lazy: resumed from a previous worker's state; records may exist
 	// that have no in-memory inode or handle yet.
-	lazy      bool
+	lazy bool
+	// deferOpen: inodes can be opened by file handle (canOpenByHandle), so
+	// a new inode is recorded without an fd and opened on first use
+	// (openDeferredLocked); many are never used (READDIRPLUS entries).
+	deferOpen bool
 	storeErrs atomic.Uint64
 	// lookupScore picks lookupAt's syscall order (see there).
 	lookupScore atomic.Int32
@@ -252,8 +261,10 @@ func New(o Options) (*FS, error) {
 	if fs.mountfd, err = openat(rootfd, dotName[:1], unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err != nil {
 		return fail("open root", err)
 	}
+	byHandle := fs.canOpenByHandle(rootfd)
+	fs.deferOpen = byHandle && !o.EagerInodes
 	if fs.sq != nil {
-		fs.sq.lazy = fs.canOpenByHandle(rootfd)
+		fs.sq.lazy = byHandle
 	}
 	if err := fs.openState(&o); err != nil {
 		return fail("state", err)
@@ -282,7 +293,11 @@ func New(o Options) (*FS, error) {
 		return fs, nil
 	}
 	rec := make([]byte, fs.irec)
-	fs.encodeInodeRec(rec, fs.root)
+	fh := new(fileHandle)
+	if nameToHandle(rootfd, fh) != nil {
+		fh = nil
+	}
+	fs.encodeInodeRec(rec, fs.root, fh)
 	if fs.root.tid, err = fs.inodes.Insert(fs.root.key, rec); err != nil {
 		return fail("root record", err)
 	}

@@ -3,6 +3,7 @@ package passthrough
 import (
 	"encoding/binary"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -31,6 +32,28 @@ func TestMain(m *testing.M) {
 		}
 	}
 	os.Exit(code)
+}
+
+// eagerEnv, when set, makes every FS of the tests open each inode at once
+// (Options.EagerInodes): TestEagerInodes runs the package's tests so.
+const eagerEnv = "VFSD_TEST_EAGER_INODES"
+
+// TestEagerInodes runs this package's tests again in a child process with
+// inodes opened at once, the mode of a host without open_by_handle_at
+// (the parent's FSs defer opens when the host allows it).
+func TestEagerInodes(t *testing.T) {
+	if os.Getenv(eagerEnv) != "" {
+		t.Skip("already the eager run")
+	}
+	if testing.Short() {
+		t.Skip("-short")
+	}
+	cmd := exec.Command(os.Args[0], "-test.skip=^(TestEagerInodes|Fuzz.*)$", "-test.count=1")
+	cmd.Env = append(os.Environ(), eagerEnv+"=1")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("tests with eager inodes: %v\n%s", err, out)
+	}
 }
 
 // countFds counts open fds of the kinds the FS creates (files and dirs
@@ -87,6 +110,7 @@ func openTFS(t testing.TB, o Options, init bool) *tfs {
 	if o.MaxHandles == 0 {
 		o.MaxHandles = 1024
 	}
+	o.EagerInodes = o.EagerInodes || os.Getenv(eagerEnv) != ""
 	fs, err := New(o)
 	if err != nil {
 		t.Fatal(err)

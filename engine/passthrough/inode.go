@@ -10,6 +10,7 @@ import (
 
 	"vfsd/engine/crashpoint"
 	"vfsd/engine/fuse"
+	"vfsd/engine/journal"
 	"vfsd/maptable"
 )
 
@@ -50,6 +51,10 @@ func (r *fdRef) closeFd() {
 
 // inode is a host inode the guest knows by a nodeid: an O_PATH|O_NOFOLLOW fd
 // plus its persistent record in fs.inodes (keyed by dev, ino, mount id).
+// With fs.deferOpen the fd is -1 until the inode's first use (the record's
+// file handle opens it: openDeferredLocked); fd changes only under imu held
+// for writing, and only from -1, so a reader that pinned the inode after
+// seeing fd >= 0 under imu keeps a valid fd.
 //
 // Inode record layout (fs.irec = recCnt + 8*queues bytes, little-endian):
 //
@@ -112,9 +117,10 @@ func (fs *FS) newInode(k maptable.Key, typ uint32, fd int) *inode {
 	return in
 }
 
-// encodeInodeRec fills a new record for in; it reports whether a file
-// handle could be made (without one, a restarted worker needs the fd store).
-func (fs *FS) encodeInodeRec(b []byte, in *inode) bool {
+// encodeInodeRec fills a new record for in with file handle fh (nil: none);
+// it reports whether the record has a handle (without one, a restarted
+// worker needs the fd store).
+func (fs *FS) encodeInodeRec(b []byte, in *inode, fh *fileHandle) bool {
 	le := binary.LittleEndian
 	le.PutUint32(b[recFlags:], in.flags)
 	le.PutUint32(b[recType:], in.typ)
@@ -124,8 +130,7 @@ func (fs *FS) encodeInodeRec(b []byte, in *inode) bool {
 	for i, c := range in.cnt {
 		le.PutUint64(b[recCnt+8*i:], uint64(c))
 	}
-	var fh fileHandle
-	if nameToHandle(in.fd, &fh) != nil || fh.bytes > maxHandleSize {
+	if fh == nil || fh.bytes > maxHandleSize {
 		return false
 	}
 	le.PutUint32(b[recFhType:], uint32(fh.typ))
@@ -148,9 +153,10 @@ func keyOf(st *unix.Statx_t) maptable.Key {
 	return maptable.Key{unix.Mkdev(st.Dev_major, st.Dev_minor), st.Ino, mnt}
 }
 
-// getInode pins the inode nodeid names. ESTALE for a nodeid that is not (or
-// no longer) live. The caller unpins. After a restart, an inode is loaded
-// from its record on first use.
+// getInode pins the inode nodeid names, with its fd open. ESTALE for a
+// nodeid that is not (or no longer) live. The caller unpins. After a
+// restart, an inode is loaded from its record on first use; a deferred
+// inode is opened on first use.
 func (fs *FS) getInode(nodeid uint64) (*inode, unix.Errno) {
 	if nodeid == fuse.RootID {
 		fs.root.pins.Add(1)
@@ -158,23 +164,135 @@ func (fs *FS) getInode(nodeid uint64) (*inode, unix.Errno) {
 	}
 	slot := uint32(nodeid)
 	fs.imu.RLock()
-	if in := fs.islots.get(slot); in != nil && uint64(in.tid) == nodeid {
+	in := fs.islots.get(slot)
+	if in != nil && uint64(in.tid) == nodeid && in.fd >= 0 {
 		in.pins.Add(1)
 		fs.imu.RUnlock()
 		return in, 0
 	}
 	fs.imu.RUnlock()
-	if !fs.lazy || nodeid>>32 == 0 {
+	if in == nil && (!fs.lazy || nodeid>>32 == 0) {
 		return nil, unix.ESTALE
 	}
 	fs.imu.Lock()
 	defer fs.imu.Unlock()
-	in, eno := fs.materializeLocked(maptable.ID(nodeid), -1)
-	if eno != 0 {
+	var eno unix.Errno
+	if in = fs.islots.get(slot); in == nil || uint64(in.tid) != nodeid {
+		if !fs.lazy || nodeid>>32 == 0 {
+			return nil, unix.ESTALE
+		}
+		if in, eno = fs.materializeLocked(maptable.ID(nodeid), -1, nil); eno != 0 {
+			return nil, eno
+		}
+	}
+	if eno = fs.openDeferredLocked(in); eno != 0 {
 		return nil, eno
 	}
 	in.pins.Add(1)
 	return in, 0
+}
+
+// openDeferredLocked opens the O_PATH fd of in if it has none yet (see
+// inode): by the file handle in its record, checked against its key. An
+// inode that is gone (deleted on the host while nothing held it open), or
+// that never was the one its name resolved to (a rename between the
+// lookup's statx and name_to_handle_at), loses its record like a stale one
+// after a restart: ESTALE now and later, its FORGET ignored, and the next
+// lookup of the name makes a new nodeid.
+// Precondition: fs.imu held for writing.
+func (fs *FS) openDeferredLocked(in *inode) unix.Errno {
+	if in.fd >= 0 || in == fs.root {
+		return 0
+	}
+	if in.dead.Load() || fs.islots.get(in.tid.Slot()) != in {
+		return unix.ESTALE
+	}
+	var fh fileHandle
+	if !fs.recordHandleLocked(in, &fh) {
+		return unix.ESTALE // never deferred without one
+	}
+	fd, err := openByHandle(fs.mountfd, &fh, unix.O_PATH|unix.O_CLOEXEC)
+	if err != nil {
+		if err == unix.ESTALE || err == unix.ENOENT {
+			fs.dropStaleLocked(in)
+			return unix.ESTALE
+		}
+		return errno(err)
+	}
+	var st unix.Statx_t
+	if err := statxFd(fd, &st); err != nil {
+		unix.Close(fd)
+		return errno(err)
+	}
+	if keyOf(&st) != in.key || uint32(st.Mode)&unix.S_IFMT != in.typ {
+		unix.Close(fd)
+		fs.dropStaleLocked(in)
+		return unix.ESTALE
+	}
+	in.fd = fd
+	if st.Nlink == 0 && in.flags&recKept == 0 && fs.store != nil && !in.fresh {
+		// Reachable now (something on the host holds it), not after a
+		// restart; as materializeLocked. (A fresh one was left unkept on
+		// purpose: keepIfLastLink.)
+		if fs.storeFD(inoName(uint64(in.tid)), fd) == nil {
+			in.flags |= recKept
+			fs.inodes.Update(in.tid, in.persist)
+		}
+	}
+	return 0
+}
+
+// sameInodeLocked reports whether deferred inode in is the inode whose
+// handle is cur (or else fd's); true when neither tells.
+// Precondition: fs.imu held for writing.
+func (fs *FS) sameInodeLocked(in *inode, fd int, cur *fileHandle) bool {
+	var own, rh fileHandle
+	if cur == nil {
+		if fd < 0 || nameToHandle(fd, &own) != nil {
+			return true
+		}
+		cur = &own
+	}
+	if !fs.recordHandleLocked(in, &rh) {
+		return true
+	}
+	return rh.typ == cur.typ && string(rh.f[:rh.bytes]) == string(cur.f[:cur.bytes])
+}
+
+// recordHandleLocked reads the file handle in in's record into fh; false
+// when the record has none.
+// Precondition: fs.imu held.
+func (fs *FS) recordHandleLocked(in *inode, fh *fileHandle) bool {
+	var buf [recCnt + 8*journal.MaxQueues]byte
+	rec := buf[:]
+	if fs.irec <= len(buf) {
+		rec = buf[:fs.irec]
+	} else {
+		rec = make([]byte, fs.irec)
+	}
+	if fs.inodes.Get(in.tid, rec) != nil {
+		return false
+	}
+	le := binary.LittleEndian
+	*fh = fileHandle{bytes: le.Uint32(rec[recFhLen:]), typ: int32(le.Uint32(rec[recFhType:]))}
+	if fh.bytes == 0 || fh.bytes > maxHandleSize {
+		return false
+	}
+	copy(fh.f[:], rec[recFh:recFh+int(fh.bytes)])
+	return true
+}
+
+// dropStaleLocked removes in (installed, no fd, nothing kept in the store)
+// and its record.
+// Precondition: fs.imu held for writing.
+func (fs *FS) dropStaleLocked(in *inode) {
+	fs.islots.clear(in.tid.Slot())
+	if fs.byKey[in.key] == in {
+		delete(fs.byKey, in.key)
+	}
+	fs.inodes.Delete(in.tid)
+	in.kill()
+	crash(cpMaptable)
 }
 
 // getDir is getInode for a nodeid that must be a directory.
@@ -226,11 +344,21 @@ func (fs *FS) ref(x *txn, in *inode) unix.Errno {
 
 // knownLocked returns the live inode with key k: in memory, or (after a
 // restart) loaded from its record, taking over fd (an O_PATH fd of the same
-// inode) when it is >= 0. nil when the FS has no inode with that key.
+// inode) when it is >= 0. cur, when not nil, is the file handle of the
+// caller's inode with key k (a record with another handle is stale). nil
+// when the FS has no inode with that key.
+//
+// A deferred inode (no fd) does not keep its inode alive: once that is
+// deleted its number can come back as another inode, with the same key.
+// The caller's handle (cur, or fd's) tells them apart; the stale one is
+// dropped (dropStaleLocked). Without either, its first use checks it.
 // Precondition: fs.imu held for writing.
-func (fs *FS) knownLocked(k maptable.Key, fd int) (*inode, bool) {
+func (fs *FS) knownLocked(k maptable.Key, fd int, cur *fileHandle) (*inode, bool) {
 	if in := fs.byKey[k]; in != nil {
-		return in, false
+		if in.fd >= 0 || in == fs.root || fs.sameInodeLocked(in, fd, cur) {
+			return in, false
+		}
+		fs.dropStaleLocked(in)
 	}
 	if !fs.lazy {
 		return nil, false
@@ -239,7 +367,7 @@ func (fs *FS) knownLocked(k maptable.Key, fd int) (*inode, bool) {
 	if !ok {
 		return nil, false
 	}
-	in, eno := fs.materializeLocked(id, fd)
+	in, eno := fs.materializeLocked(id, fd, cur)
 	if eno != 0 {
 		return nil, false
 	}
@@ -249,16 +377,18 @@ func (fs *FS) knownLocked(k maptable.Key, fd int) (*inode, bool) {
 // adopt takes ownership of fd (an O_PATH|O_NOFOLLOW fd whose statx is st),
 // counts one guest reference to its inode and returns the inode's nodeid
 // and the inode (not pinned: the guest's new reference keeps it). An inode
-// already known keeps its fd and fd is closed.
-func (fs *FS) adopt(x *txn, fd int, st *unix.Statx_t) (uint64, *inode, unix.Errno) {
+// already known keeps its fd and fd is closed. With fd -1, fh is the file
+// handle of the inode st describes, and a new inode is recorded without an
+// fd (deferOpen).
+func (fs *FS) adopt(x *txn, fd int, fh *fileHandle, st *unix.Statx_t) (uint64, *inode, unix.Errno) {
 	k := keyOf(st)
 	fs.imu.Lock()
-	if in, took := fs.knownLocked(k, fd); in != nil {
+	if in, took := fs.knownLocked(k, fd, fh); in != nil {
 		fs.countLocked(x, in)
 		id := fs.nodeidOf(in)
 		fs.imu.Unlock()
 		if !took {
-			unix.Close(fd)
+			closeFd(fd)
 		}
 		return id, in, 0
 	}
@@ -266,22 +396,27 @@ func (fs *FS) adopt(x *txn, fd int, st *unix.Statx_t) (uint64, *inode, unix.Errn
 
 	in := fs.newInode(k, uint32(st.Mode)&unix.S_IFMT, fd)
 	in.cnt[x.q], in.total = 1, 1
+	if fh == nil {
+		fh = new(fileHandle) // name_to_handle_at outside the lock
+		if nameToHandle(fd, fh) != nil {
+			fh = nil
+		}
+	}
 	rec := make([]byte, fs.irec)
-	hasHandle := fs.encodeInodeRec(rec, in) // name_to_handle_at outside the lock
+	hasHandle := fs.encodeInodeRec(rec, in, fh)
 
 	fs.imu.Lock()
-	if old, took := fs.knownLocked(k, -1); old != nil { // raced with another lookup
-		_ = took
+	if old, _ := fs.knownLocked(k, -1, fh); old != nil { // raced with another lookup
 		fs.countLocked(x, old)
 		fs.imu.Unlock()
-		unix.Close(fd)
+		closeFd(fd)
 		return fs.nodeidOf(old), old, 0
 	}
 	x.setRef(0, 0, k, 0)
 	id, err := fs.inodes.Insert(k, rec)
 	if err != nil {
 		fs.imu.Unlock()
-		unix.Close(fd)
+		closeFd(fd)
 		return 0, nil, errno(err)
 	}
 	crashpoint.Hit(crashpoint.MidMaptableInsert) // inserted, counted; not installed, not journaled done
@@ -295,6 +430,13 @@ func (fs *FS) adopt(x *txn, fd int, st *unix.Statx_t) (uint64, *inode, unix.Errn
 		fs.keep(in)
 	}
 	return uint64(id), in, 0
+}
+
+// closeFd closes fd unless it is -1.
+func closeFd(fd int) {
+	if fd >= 0 {
+		unix.Close(fd)
+	}
 }
 
 // installLocked makes in reachable by nodeid and key.
@@ -325,7 +467,7 @@ func (fs *FS) forget(x *txn, nodeid, n uint64, index uint32) {
 		in = c
 	}
 	if in == nil && fs.lazy {
-		in, _ = fs.materializeLocked(maptable.ID(nodeid), -1)
+		in, _ = fs.materializeLocked(maptable.ID(nodeid), -1, nil)
 		if in == nil {
 			in = fs.recordOnlyLocked(maptable.ID(nodeid))
 		}
@@ -374,15 +516,18 @@ func (fs *FS) forget(x *txn, nodeid, n uint64, index uint32) {
 // lookupAt resolves one name in directory dirfd without following symlinks,
 // counts a guest reference and fills e. A known inode costs one statx.
 //
-// Two orders, chosen by the recent hit rate (lookupScore): statx by name
-// first costs 1 syscall when the inode is known and 3 when it is new (statx,
-// openat, statx of what was opened); open first costs 3 when known (openat,
-// statx, close) and 2 when new. Open-first wins below a 1/3 hit rate: a
-// READDIRPLUS of a directory the guest has not seen, a tree walk.
+// A new inode costs statx and name_to_handle_at by name with deferOpen (no
+// fd until first use; many READDIRPLUS entries never get one). Otherwise it
+// needs an fd now, and two orders are chosen by the recent hit rate
+// (lookupScore): statx by name first costs 1 syscall when the inode is
+// known and 4 when it is new (statx, openat, statx of what was opened,
+// name_to_handle_at); open first costs 3 when known (openat, statx, close)
+// and 3 when new. Open-first wins below a 1/3 hit rate: a READDIRPLUS of a
+// directory the guest has not seen, a tree walk.
 func (fs *FS) lookupAt(x *txn, dirfd int, name []byte, e *fuse.EntryOut) unix.Errno {
 	var st unix.Statx_t
 	fd := -1
-	if fs.lookupScore.Load() >= 0 {
+	if fs.deferOpen || fs.lookupScore.Load() >= 0 {
 		if err := statxAt(dirfd, name, unix.AT_SYMLINK_NOFOLLOW|unix.AT_NO_AUTOMOUNT, statxMask, &st); err != nil {
 			return errno(err)
 		}
@@ -394,31 +539,46 @@ func (fs *FS) lookupAt(x *txn, dirfd int, name []byte, e *fuse.EntryOut) unix.Er
 	}
 	k := keyOf(&st)
 	fs.imu.Lock()
-	if in := fs.byKey[k]; in != nil {
+	// A known inode with its fd open is the one st describes: the fd keeps
+	// its number from being reused. A deferred one is checked by handle
+	// (knownLocked, through adopt).
+	if in := fs.byKey[k]; in != nil && in.fd >= 0 {
 		fs.countLocked(x, in)
 		id := fs.nodeidOf(in)
 		fs.imu.Unlock()
 		fs.scoreLookup(true)
-		if fd >= 0 {
-			unix.Close(fd)
-		}
+		closeFd(fd)
 		fs.fillEntry(e, id, &st)
 		return 0
 	}
 	fs.imu.Unlock()
 	fs.scoreLookup(false)
-	if fd < 0 {
+	var fh *fileHandle
+	if fd < 0 && fs.deferrable(&st) {
+		fh = new(fileHandle)
+		if nameToHandleAt(dirfd, name, fh) != nil {
+			fh = nil
+		}
+	}
+	if fd < 0 && fh == nil {
 		var eno unix.Errno
 		if fd, eno = openPathStat(dirfd, name, &st); eno != 0 {
 			return eno
 		}
 	}
-	id, _, eno := fs.adopt(x, fd, &st)
+	id, _, eno := fs.adopt(x, fd, fh, &st)
 	if eno != 0 {
 		return eno
 	}
 	fs.fillEntry(e, id, &st)
 	return 0
+}
+
+// deferrable reports whether a new inode with statx st may be recorded
+// without an fd: one a file handle on the root's mount reopens, and that
+// has a link (adopt keeps the fd of one without).
+func (fs *FS) deferrable(st *unix.Statx_t) bool {
+	return fs.deferOpen && st.Nlink > 0 && keyOf(st)[2] == fs.root.key[2]
 }
 
 // openPathStat opens name under dirfd O_PATH (never following a symlink)
@@ -463,9 +623,25 @@ func (fs *FS) entryOf(x *txn, in *inode, e *fuse.EntryOut) unix.Errno {
 }
 
 // adoptOpen turns a freshly opened (non-O_PATH) fd into a guest reference:
-// it re-opens its inode O_PATH through procfs (the same inode, whatever
-// happened to the name meanwhile), fills e and returns the inode (as adopt).
+// it takes the inode's file handle from fd (deferOpen), or re-opens it
+// O_PATH through procfs (the same inode, whatever happened to the name
+// meanwhile), fills e and returns the inode (as adopt).
 func (fs *FS) adoptOpen(x *txn, fd int, e *fuse.EntryOut) (*inode, unix.Errno) {
+	if fs.deferOpen {
+		var st unix.Statx_t
+		if err := statxFd(fd, &st); err != nil {
+			return nil, errno(err)
+		}
+		var fh fileHandle
+		if fs.deferrable(&st) && nameToHandle(fd, &fh) == nil {
+			id, in, eno := fs.adopt(x, -1, &fh, &st)
+			if eno != 0 {
+				return nil, eno
+			}
+			fs.fillEntry(e, id, &st)
+			return in, 0
+		}
+	}
 	pfd, err := fs.reopen(fd, unix.O_PATH|unix.O_CLOEXEC)
 	if err != nil {
 		return nil, errno(err)
@@ -475,7 +651,7 @@ func (fs *FS) adoptOpen(x *txn, fd int, e *fuse.EntryOut) (*inode, unix.Errno) {
 		unix.Close(pfd)
 		return nil, errno(err)
 	}
-	id, in, eno := fs.adopt(x, pfd, &st)
+	id, in, eno := fs.adopt(x, pfd, nil, &st)
 	if eno != 0 {
 		return nil, eno
 	}

@@ -228,7 +228,7 @@ func (fs *FS) resumedCreated(x *txn, hflags int) int {
 		return -1
 	}
 	fs.imu.Lock()
-	in, _ := fs.knownLocked(x.res.Ref.Key, -1)
+	in, _ := fs.knownLocked(x.res.Ref.Key, -1, nil)
 	if in == nil {
 		// Counted but unreachable (a TMPFILE whose fd died with the
 		// worker): drop that reference, the guest never got it.
@@ -246,7 +246,7 @@ func (fs *FS) resumedCreated(x *txn, hflags int) int {
 		fs.imu.Unlock()
 		return -1
 	}
-	if !x.counted(in, in.key) || in.typ != unix.S_IFREG {
+	if !x.counted(in, in.key) || in.typ != unix.S_IFREG || fs.openDeferredLocked(in) != 0 {
 		fs.imu.Unlock()
 		return -1
 	}

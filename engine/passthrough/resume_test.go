@@ -1095,17 +1095,24 @@ func BenchmarkFirstRequestAfterResume(b *testing.B) {
 // TestUnlinkUnopened: a regular file whose last link goes while no handle
 // is open is not kept (nothing in the guest can reach it); after a restart
 // its nodeid answers ESTALE and FORGET frees its record. A handle made on
-// it after the unlink (an OPEN that raced with the UNLINK) keeps it then.
+// it after the unlink (an OPEN that raced with the UNLINK) keeps it then,
+// if the inode had its fd; one still deferred (never used) has nothing to
+// open it by any more, and the OPEN answers ESTALE (the guest's VFS then
+// walks the path again and finds the name gone, as if the OPEN came after
+// the UNLINK).
 func TestUnlinkUnopened(t *testing.T) {
 	r := newRig(t)
-	os.WriteFile(r.c.path("f"), []byte("f"), 0o644)
-	os.WriteFile(r.c.path("g"), []byte("g"), 0o644)
-	os.WriteFile(r.c.path("h"), []byte("h"), 0o644)
-	os.WriteFile(r.c.path("x"), []byte("x"), 0o644)
+	for _, n := range []string{"f", "g", "h", "x", "d"} {
+		os.WriteFile(r.c.path(n), []byte(n), 0o644)
+	}
 	f := r.mustLookup("f")
 	g := r.mustLookup("g")
 	h := r.mustLookup("h")
-	for _, n := range []string{"f", "g"} {
+	d := r.mustLookup("d")
+	if e, _ := r.c.call(fuse.OpGetattr, g.NodeID, b(fuse.GetattrIn{})); e != 0 {
+		t.Fatalf("GETATTR: %v", e) // g gets its fd
+	}
+	for _, n := range []string{"f", "g", "d"} {
 		if e, _ := r.c.call(fuse.OpUnlink, fuse.RootID, name(n)); e != 0 {
 			t.Fatalf("UNLINK %s: %v", n, e)
 		}
@@ -1121,6 +1128,11 @@ func TestUnlinkUnopened(t *testing.T) {
 	if names := r.store.names("ino."); len(names) != 1 {
 		t.Fatalf("a handle on an unlinked file did not keep it: %v", names)
 	}
+	if r.c.fs.deferOpen {
+		if e, _ := r.c.call(fuse.OpOpen, d.NodeID, b(fuse.OpenIn{Flags: unix.O_RDONLY})); e != unix.ESTALE {
+			t.Errorf("OPEN of a never-used inode after its last link went: %v, want ESTALE", e)
+		}
+	}
 	r.restart()
 	if p, e := r.c.read(g.NodeID, gh, 0, 10); e != 0 || string(p) != "g" {
 		t.Errorf("READ of the file opened after its unlink: %q %v", p, e)
@@ -1132,7 +1144,7 @@ func TestUnlinkUnopened(t *testing.T) {
 	}
 	r.c.call(fuse.OpRelease, g.NodeID, b(fuse.ReleaseIn{Fh: gh}))
 	r.c.queue = 0
-	for _, n := range []uint64{f.NodeID, g.NodeID, h.NodeID} {
+	for _, n := range []uint64{f.NodeID, g.NodeID, h.NodeID, d.NodeID} {
 		r.c.call(fuse.OpForget, n, b(fuse.ForgetIn{Nlookup: 1}))
 	}
 	if n := r.c.fs.inodes.Len(); n != 1 {

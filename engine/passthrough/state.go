@@ -41,7 +41,9 @@ import (
 // (maptable.Open repairs at most one torn operation, O(1)), and an inode or
 // handle is loaded from its record on first use (open_by_handle_at on the
 // root's mount for inodes, the store's fd for handles), so restart cost does
-// not depend on the number of inodes or handles.
+// not depend on the number of inodes or handles. With deferOpen a loaded
+// inode is opened only when a request needs its fd, as in a run without
+// restart (a FORGET or a LOOKUP of it opens nothing).
 
 // Fd store names of the FS's state memfds.
 const (
@@ -93,17 +95,18 @@ func (fs *FS) takeFD(name string) int {
 	return fd
 }
 
-// keep puts in's O_PATH fd in the store (once) and marks its record.
+// keep puts in's O_PATH fd in the store (once; a deferred inode is opened
+// for it) and marks its record.
 func (fs *FS) keep(in *inode) {
 	if fs.store == nil || in == fs.root {
 		return
 	}
-	fs.imu.RLock()
-	done := in.flags&recKept != 0 || in.dead.Load()
+	fs.imu.Lock()
+	done := in.flags&recKept != 0 || in.dead.Load() || fs.openDeferredLocked(in) != 0
 	if !done {
 		in.pins.Add(1)
 	}
-	fs.imu.RUnlock()
+	fs.imu.Unlock()
 	if done {
 		return
 	}
@@ -143,7 +146,7 @@ func (fs *FS) keepIfLastLink(st *unix.Statx_t) {
 		return
 	}
 	fs.imu.Lock()
-	in, _ := fs.knownLocked(keyOf(st), -1)
+	in, _ := fs.knownLocked(keyOf(st), -1, nil)
 	fs.imu.Unlock()
 	if in == nil {
 		return
@@ -202,10 +205,12 @@ func (fs *FS) recordOnlyLocked(id maptable.ID) *inode {
 
 // materializeLocked loads the inode of record id after a restart and
 // installs it. Its fd is fd when >= 0 (taken over only on success), else
-// the store's "ino.<id>", else open_by_handle_at on the root's mount. The
-// fd's inode must match the record's key (else ESTALE).
+// the store's "ino.<id>", else open_by_handle_at on the root's mount, at
+// once or (deferOpen) on first use. The fd's inode must match the record's
+// key (else ESTALE). cur, when not nil, is the file handle of the inode the
+// caller found with the record's key: another handle makes the record stale.
 // Precondition: fs.imu held for writing.
-func (fs *FS) materializeLocked(id maptable.ID, fd int) (*inode, unix.Errno) {
+func (fs *FS) materializeLocked(id maptable.ID, fd int, cur *fileHandle) (*inode, unix.Errno) {
 	if in := fs.islots.get(id.Slot()); in != nil && in.tid == id {
 		return in, 0
 	}
@@ -229,7 +234,7 @@ func (fs *FS) materializeLocked(id maptable.ID, fd int) (*inode, unix.Errno) {
 		} else {
 			unix.Close(sfd)
 		}
-	} else if !own && hasFh && !sameInode(fd, fh) {
+	} else if hasFh && (cur != nil && !sameHandle(cur, fh) || cur == nil && !own && !sameInode(fd, fh)) {
 		// The caller's fd has the record's key but is another inode: the
 		// record's inode is gone (deleted while no fd kept it: a file
 		// unlinked without open handles, or deleted on the host, then a
@@ -240,6 +245,10 @@ func (fs *FS) materializeLocked(id maptable.ID, fd int) (*inode, unix.Errno) {
 		fs.inodes.Delete(id)
 		crash(cpMaptable)
 		return nil, unix.ESTALE
+	}
+	if fd < 0 && hasFh && fs.deferOpen {
+		fs.installLocked(in) // opened and checked on first use
+		return in, 0
 	}
 	if fd < 0 && hasFh {
 		var err error

@@ -127,6 +127,11 @@ func sameInode(fd int, fh unix.FileHandle) bool {
 	return cur.typ == fh.Type() && string(cur.f[:cur.bytes]) == string(fh.Bytes())
 }
 
+// sameHandle reports whether h and fh are the same file handle.
+func sameHandle(h *fileHandle, fh unix.FileHandle) bool {
+	return h.typ == fh.Type() && string(h.f[:h.bytes]) == string(fh.Bytes())
+}
+
 // fileHandle is struct file_handle with room for maxHandleSize bytes.
 type fileHandle struct {
 	bytes uint32
@@ -142,4 +147,29 @@ func nameToHandle(fd int, h *fileHandle) error {
 	_, _, e := unix.Syscall6(unix.SYS_NAME_TO_HANDLE_AT, uintptr(fd), uintptr(unsafe.Pointer(&emptyPath[0])),
 		uintptr(unsafe.Pointer(h)), uintptr(unsafe.Pointer(&mnt)), unix.AT_EMPTY_PATH, 0)
 	return errnoErr(e)
+}
+
+// nameToHandleAt is name_to_handle_at(dirfd, name, 0) into h: the handle of
+// the name itself (a symlink is not followed).
+func nameToHandleAt(dirfd int, name []byte, h *fileHandle) error {
+	h.bytes = maxHandleSize
+	var mnt int32
+	_, _, e := unix.Syscall6(unix.SYS_NAME_TO_HANDLE_AT, uintptr(dirfd), uintptr(unsafe.Pointer(cstr(name))),
+		uintptr(unsafe.Pointer(h)), uintptr(unsafe.Pointer(&mnt)), 0, 0)
+	return errnoErr(e)
+}
+
+// openByHandle is open_by_handle_at(mountfd, h, flags), without the copy
+// unix.NewFileHandle makes.
+func openByHandle(mountfd int, h *fileHandle, flags int) (int, error) {
+	for {
+		fd, _, e := unix.Syscall(unix.SYS_OPEN_BY_HANDLE_AT, uintptr(mountfd), uintptr(unsafe.Pointer(h)), uintptr(flags))
+		if e == unix.EINTR {
+			continue
+		}
+		if e != 0 {
+			return -1, e
+		}
+		return int(fd), nil
+	}
 }

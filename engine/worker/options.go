@@ -61,9 +61,10 @@ type Options struct {
 	listeners map[string]int
 
 	// Filesystem switches handed to engine/passthrough (virtiofsd's
-	// -o no_xattr, --writeback, --allow-direct-io). vfsd serves extended
-	// attributes unless NoXattr is set.
-	NoXattr, Writeback, AllowDirectIO bool
+	// -o no_xattr, --writeback, --allow-direct-io,
+	// --inode-file-handles=never). vfsd serves extended attributes unless
+	// NoXattr is set.
+	NoXattr, Writeback, AllowDirectIO, EagerInodes bool
 
 	Logger *slog.Logger // nil means slog.Default()
 }

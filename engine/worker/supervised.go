@@ -98,7 +98,7 @@ func runSupervised(ctx context.Context, o Options, log *slog.Logger) error {
 		log.Error("request counters (vfsd status) unavailable", "err", err)
 	}
 	po := passthrough.Options{Root: o.SharedDir, Cache: o.Cache, Xattr: !o.NoXattr,
-		Writeback: o.Writeback, AllowDirectIO: o.AllowDirectIO,
+		Writeback: o.Writeback, AllowDirectIO: o.AllowDirectIO, EagerInodes: o.EagerInodes,
 		Queues: journalQueues(o.RequestQueues), FDStore: fsStore(counted),
 		ProcSelfFD: sandbox.ProcSelfFD()} // > 0 in the chroot sandbox only
 	if resume {

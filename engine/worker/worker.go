@@ -118,7 +118,7 @@ func Run(ctx context.Context, o Options) error {
 		return runSupervised(ctx, o, log)
 	}
 	fs, err := passthrough.New(passthrough.Options{Root: o.SharedDir, Cache: o.Cache, Xattr: !o.NoXattr,
-		Writeback: o.Writeback, AllowDirectIO: o.AllowDirectIO,
+		Writeback: o.Writeback, AllowDirectIO: o.AllowDirectIO, EagerInodes: o.EagerInodes,
 		Queues: journalQueues(o.RequestQueues)})
 	if err != nil {
 		return fmt.Errorf("shared directory %s: %w", o.SharedDir, err)

@@ -335,6 +335,7 @@ func TestOpen(t *testing.T) {
 	e := Start(t, Options{})
 	writeHost(t, e.Path("f"), []byte("content"), 0o644)
 	ent := lookup(t, e, root, "f")
+	openInode(t, e, ent.NodeID)
 	before := fdsOn(t, e, "f")
 	o, err := e.C.Open(e.Ctx, ent.NodeID, unix.O_RDWR|unix.O_TRUNC, 0)
 	must(t, "OPEN O_TRUNC", err)
@@ -426,6 +427,7 @@ func TestFlushRelease(t *testing.T) {
 	e := Start(t, Options{})
 	writeHost(t, e.Path("f"), nil, 0o644)
 	ent := lookup(t, e, root, "f")
+	openInode(t, e, ent.NodeID)
 	closed := fdsOn(t, e, "f")
 	o, err := e.C.Open(e.Ctx, ent.NodeID, unix.O_RDWR, 0)
 	must(t, "OPEN", err)
@@ -449,6 +451,15 @@ func fdsOn(t *testing.T, e *Env, name string) daemon.FDCount {
 	c, err := e.Daemon.FDsSplit(e.Path(name))
 	must(t, "count fds", err)
 	return c
+}
+
+// openInode makes the daemon open node's inode (its O_PATH fd) if it has
+// not yet: a GETATTR. vfsd opens a new inode at its first use, so that an
+// fd count taken after it changes only by what the next request opens.
+func openInode(t *testing.T, e *Env, node uint64) {
+	t.Helper()
+	_, err := e.C.Getattr(e.Ctx, node, nil)
+	must(t, "GETATTR", err)
 }
 
 // openedFDs is what an OPEN adds to c: an fd in the worker and, supervised,
