@@ -21,9 +21,10 @@ func inodeFd(fs *FS, nodeid uint64) int {
 	return -2
 }
 
-// TestDeferredOpen: a new inode from LOOKUP, READDIRPLUS, MKDIR or CREATE
-// gets no fd until a request needs one (deferOpen), FORGET of one never
-// used closes nothing, and the first use opens it by its file handle.
+// TestDeferredOpen: a new inode from LOOKUP, READDIRPLUS or CREATE gets no
+// fd until a request needs one or a second LOOKUP finds it (deferOpen),
+// FORGET of one never used closes nothing, and the first use opens it by
+// its file handle.
 // In the eager mode (TestEagerInodes) every inode has its fd at once.
 func TestDeferredOpen(t *testing.T) {
 	c := newTFS(t, Options{})
@@ -68,6 +69,12 @@ func TestDeferredOpen(t *testing.T) {
 		t.Errorf("GETATTR f: %+v", a.Attr)
 	}
 	wantFd("GETATTR f", f.NodeID, true)
+	// A second LOOKUP opens it too (which checks that the key is still
+	// its inode's); the hits after it cost one statx.
+	if l2 := c.mustLookup(fuse.RootID, "l"); l2.NodeID != l.NodeID {
+		t.Fatalf("second LOOKUP of l: nodeid %#x, first %#x", l2.NodeID, l.NodeID)
+	}
+	wantFd("second LOOKUP l", l.NodeID, true)
 	if eno, p = c.call(fuse.OpReadlink, l.NodeID); eno != 0 || string(p) != "f" {
 		t.Errorf("READLINK l: %q %v", p, eno)
 	}

@@ -540,9 +540,11 @@ func (fs *FS) lookupAt(x *txn, dirfd int, name []byte, e *fuse.EntryOut) unix.Er
 	k := keyOf(&st)
 	fs.imu.Lock()
 	// A known inode with its fd open is the one st describes: the fd keeps
-	// its number from being reused. A deferred one is checked by handle
-	// (knownLocked, through adopt).
-	if in := fs.byKey[k]; in != nil && in.fd >= 0 {
+	// its number from being reused. A deferred one is opened now, which
+	// checks it (its handle still opens an inode with key k, so k is still
+	// its: keys are unique among live inodes) and makes the next hits one
+	// statx; a stale one is dropped and the name looked up as new.
+	if in := fs.byKey[k]; in != nil && fs.openDeferredLocked(in) == 0 {
 		fs.countLocked(x, in)
 		id := fs.nodeidOf(in)
 		fs.imu.Unlock()
