@@ -40,9 +40,10 @@ type BatchStore interface {
 //     (getHandle, reopenHandle: the record's flags minus O_CREAT, O_EXCL,
 //     O_TRUNC), so where open_by_handle_at works (lazy) queued handle
 //     stores wait for a storeNow, a queued remove or the limits, at most
-//     lazyMax (then the next publish or Idle sends them): an OPEN and its
-//     RELEASE within that time cost no message at all (drop cancels the
-//     store and sends no remove). What re-opening cannot restore is made durable
+//     lazyMax (then the next publish or Idle sends them, and only them:
+//     the younger ones keep waiting): an OPEN and its RELEASE within that
+//     time cost no message at all (drop cancels the store and sends no
+//     remove). What re-opening cannot restore is made durable
 //     first: a flock is taken only after a flush (the lock lives on the
 //     handle's open file description), and an open file's inode losing its
 //     last link is kept (storeNow) before the unlink. Without
@@ -67,13 +68,14 @@ type storeQueue struct {
 
 	queued atomic.Bool  // something is queued (flush's fast path)
 	stores atomic.Bool  // a store is queued (Flush's fast path)
-	since  atomic.Int64 // monotonic ns when the oldest queued store was queued
+	since  atomic.Int64 // monotonic ns when the oldest queued store was queued (times[0])
 
 	mu      sync.Mutex
 	removes []string // +checklocks:mu
 	names   []string // +checklocks:mu
 	fds     []int    // +checklocks:mu
 	refs    []*fdRef // +checklocks:mu; fds[i]'s pinned owner (nil: storeNow's, borrowed)
+	times   []int64  // +checklocks:mu; when names[i] was queued (non-decreasing)
 	text    int      // +checklocks:mu; Σ len(name)+1 over removes and names
 }
 
@@ -127,7 +129,7 @@ func (q *storeQueue) store(name string, r *fdRef) error {
 	ferr := q.appendLocked(name, r.fd, r)
 	q.queued.Store(true)
 	if !q.stores.Load() {
-		q.since.Store(nanotime())
+		q.since.Store(q.times[0])
 		q.stores.Store(true)
 	}
 	return ferr
@@ -154,6 +156,7 @@ func (q *storeQueue) appendLocked(name string, fd int, r *fdRef) error {
 	q.names = append(q.names, name)
 	q.fds = append(q.fds, fd)
 	q.refs = append(q.refs, r)
+	q.times = append(q.times, nanotime())
 	q.text += len(name) + 1
 	return ferr
 }
@@ -179,6 +182,7 @@ func (q *storeQueue) removeName(name string, once bool) error {
 			q.names = append(q.names[:i], q.names[i+1:]...)
 			q.fds = append(q.fds[:i], q.fds[i+1:]...)
 			q.refs = append(q.refs[:i], q.refs[i+1:]...)
+			q.times = append(q.times[:i], q.times[i+1:]...)
 			q.text -= len(name) + 1
 			i--
 			canceled = true
@@ -186,6 +190,8 @@ func (q *storeQueue) removeName(name string, once bool) error {
 	}
 	if len(q.names) == 0 {
 		q.stores.Store(false)
+	} else if canceled {
+		q.since.Store(q.times[0])
 	}
 	if canceled && once {
 		q.queued.Store(len(q.names)+len(q.removes) > 0)
@@ -219,6 +225,9 @@ func (q *storeQueue) flushStores() error {
 	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	if q.lazy {
+		return q.flushDueLocked()
+	}
 	return q.flushLocked()
 }
 
@@ -231,12 +240,59 @@ func (q *storeQueue) idle() (time.Duration, error) {
 	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if q.lazy && len(q.removes) == 0 && len(q.names) > 0 {
-		if left := int64(lazyMax) - (nanotime() - q.since.Load()); left > 0 {
-			return time.Duration(left), nil
+	if !q.lazy {
+		return 0, q.flushLocked()
+	}
+	err := q.flushDueLocked()
+	if len(q.names) == 0 {
+		return 0, err
+	}
+	return time.Duration(max(int64(lazyMax)-(nanotime()-q.times[0]), 1)), err
+}
+
+// flushDueLocked sends the queued removes and the stores that have waited
+// lazyMax (a prefix: times is non-decreasing), in one message; younger
+// stores stay queued. At depth 32 a CREATE's handle is released about a
+// millisecond later: sending the whole queue whenever its oldest store
+// fell due sent (and then removed) most of them.
+// Precondition: q.mu held.
+func (q *storeQueue) flushDueLocked() error {
+	due := int64(lazyMax)
+	now := nanotime()
+	k := 0
+	for k < len(q.times) && now-q.times[k] >= due {
+		k++
+	}
+	if k == len(q.names) {
+		return q.flushLocked()
+	}
+	if k == 0 && len(q.removes) == 0 {
+		return nil
+	}
+	err := q.batch.SendBatch(q.removes, q.names[:k], q.fds[:k])
+	for _, r := range q.refs[:k] {
+		if r != nil {
+			r.unpin()
 		}
 	}
-	return 0, q.flushLocked()
+	for _, n := range q.names[:k] {
+		q.text -= len(n) + 1
+	}
+	for _, n := range q.removes {
+		q.text -= len(n) + 1
+	}
+	clear(q.removes)
+	q.removes = q.removes[:0]
+	n := len(q.names) - k
+	copy(q.names, q.names[k:])
+	copy(q.fds, q.fds[k:])
+	copy(q.refs, q.refs[k:])
+	copy(q.times, q.times[k:])
+	clear(q.names[n:])
+	clear(q.refs[n:])
+	q.names, q.fds, q.refs, q.times = q.names[:n], q.fds[:n], q.refs[:n], q.times[:n]
+	q.since.Store(q.times[0])
+	return err
 }
 
 // flushLocked sends the queue as one message and empties it.
@@ -262,7 +318,7 @@ func (q *storeQueue) resetLocked() {
 	clear(q.names)
 	clear(q.removes)
 	clear(q.refs)
-	q.removes, q.names, q.fds, q.refs, q.text = q.removes[:0], q.names[:0], q.fds[:0], q.refs[:0], 0
+	q.removes, q.names, q.fds, q.refs, q.times, q.text = q.removes[:0], q.names[:0], q.fds[:0], q.refs[:0], q.times[:0], 0
 	q.queued.Store(false)
 	q.stores.Store(false)
 }

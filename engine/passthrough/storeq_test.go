@@ -338,3 +338,48 @@ func TestLazyHandleStores(t *testing.T) {
 		t.Fatal("stored handle not removed at its RELEASE")
 	}
 }
+
+// TestLazyStoresDueOnly: when the oldest queued handle store falls due,
+// the publish sends it and the removes, not the younger stores, which a
+// RELEASE can still cancel (at depth 32 a CREATE's handle is released a
+// millisecond after it is queued).
+func TestLazyStoresDueOnly(t *testing.T) {
+	dir := t.TempDir()
+	st := &storeLog{fakeStore: newFakeStore(t)}
+	c := openTFS(t, Options{Root: dir, FDStore: st}, true)
+	if !c.fs.sq.lazy {
+		t.Skip("open_by_handle_at does not work here: handle stores are eager")
+	}
+	defer func(d time.Duration) { lazyMax = d }(lazyMax)
+	lazyMax = time.Hour
+	c.queue = 1
+	c.noFlush = true
+	os.WriteFile(c.path("f"), []byte("data"), 0o644)
+	f := c.mustLookup(fuse.RootID, "f")
+	old := c.open(f.NodeID, unix.O_RDWR)
+	young := c.open(f.NodeID, unix.O_RDONLY)
+	q := c.fs.sq
+	q.mu.Lock()
+	q.times[0] -= int64(2 * time.Hour) // old has waited its time
+	q.since.Store(q.times[0])
+	q.mu.Unlock()
+	c.fs.Flush()
+	if got := st.names("fh."); !slices.Equal(got, []string{fhName(old)}) {
+		t.Fatalf("store holds %v after the publish, want only the due handle %s", got, fhName(old))
+	}
+	if w := c.fs.Idle(); w <= 0 || w > time.Hour {
+		t.Errorf("Idle with the young store queued: wake-up after %v, want within lazyMax", w)
+	}
+	c.call(fuse.OpRelease, f.NodeID, b(fuse.ReleaseIn{Fh: young}))
+	if w := c.fs.Idle(); w != 0 {
+		t.Errorf("Idle asks for a wake-up after %v with nothing queued", w)
+	}
+	if got := st.names("fh."); !slices.Equal(got, []string{fhName(old)}) || slices.Contains(st.stored, fhName(young)) {
+		t.Fatalf("the young handle reached the store (stored %v, now %v)", st.stored, got)
+	}
+	c.call(fuse.OpRelease, f.NodeID, b(fuse.ReleaseIn{Fh: old}))
+	c.fs.Idle()
+	if got := st.names("fh."); len(got) != 0 {
+		t.Fatalf("store holds %v after both RELEASEs", got)
+	}
+}
