@@ -267,6 +267,26 @@ func (l *storeLog) SendBatch(removes, names []string, fds []int) error {
 	return l.fakeStore.SendBatch(removes, names, fds)
 }
 
+// lazyStoreRig is an FS with a logging fd store in lazy mode (skips where
+// open_by_handle_at does not work), lazyMax an hour (no wait runs out
+// unless the test says so) until the test ends, nothing published after a
+// request, and a file "f".
+func lazyStoreRig(t *testing.T) (*tfs, *storeLog) {
+	t.Helper()
+	st := &storeLog{fakeStore: newFakeStore(t)}
+	c := openTFS(t, Options{Root: t.TempDir(), FDStore: st}, true)
+	if !c.fs.sq.lazy {
+		t.Skip("open_by_handle_at does not work here: handle stores are eager")
+	}
+	saved := lazyMax
+	t.Cleanup(func() { lazyMax = saved })
+	lazyMax = time.Hour
+	c.queue = 1
+	c.noFlush = true
+	os.WriteFile(c.path("f"), []byte("data"), 0o644)
+	return c, st
+}
+
 // TestLazyHandleStores: where handles can be re-opened (open_by_handle_at
 // works, as for root on the host), a handle's fd is not sent before its
 // OPEN is answered, nor when the queue sleeps: an OPEN and its RELEASE send
@@ -274,17 +294,7 @@ func (l *storeLog) SendBatch(removes, names []string, fds []int) error {
 // a crash with the store still queued leaves a handle that re-opens and
 // has its data.
 func TestLazyHandleStores(t *testing.T) {
-	dir := t.TempDir()
-	st := &storeLog{fakeStore: newFakeStore(t)}
-	c := openTFS(t, Options{Root: dir, FDStore: st}, true)
-	if !c.fs.sq.lazy {
-		t.Skip("open_by_handle_at does not work here: handle stores are eager")
-	}
-	defer func(d time.Duration) { lazyMax = d }(lazyMax)
-	lazyMax = time.Hour // no wait runs out unless the test says so
-	c.queue = 1
-	c.noFlush = true
-	os.WriteFile(c.path("f"), []byte("data"), 0o644)
+	c, st := lazyStoreRig(t)
 	f := c.mustLookup(fuse.RootID, "f")
 	fh := c.open(f.NodeID, unix.O_RDWR)
 	c.fs.Flush() // the publish of the OPEN's reply
@@ -344,17 +354,7 @@ func TestLazyHandleStores(t *testing.T) {
 // RELEASE can still cancel (at depth 32 a CREATE's handle is released a
 // millisecond after it is queued).
 func TestLazyStoresDueOnly(t *testing.T) {
-	dir := t.TempDir()
-	st := &storeLog{fakeStore: newFakeStore(t)}
-	c := openTFS(t, Options{Root: dir, FDStore: st}, true)
-	if !c.fs.sq.lazy {
-		t.Skip("open_by_handle_at does not work here: handle stores are eager")
-	}
-	defer func(d time.Duration) { lazyMax = d }(lazyMax)
-	lazyMax = time.Hour
-	c.queue = 1
-	c.noFlush = true
-	os.WriteFile(c.path("f"), []byte("data"), 0o644)
+	c, st := lazyStoreRig(t)
 	f := c.mustLookup(fuse.RootID, "f")
 	old := c.open(f.NodeID, unix.O_RDWR)
 	young := c.open(f.NodeID, unix.O_RDONLY)
