@@ -6,9 +6,12 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"vfsd/bench/report"
 	"vfsd/tools/guest"
 )
 
@@ -117,5 +120,26 @@ func TestBootOrder(t *testing.T) {
 	}
 	if c := bootOrder(2); c[0] != a[0] {
 		t.Fatalf("third cache mode boots %v, the first %v", c, a)
+	}
+}
+
+// With several boots a daemon's value is its best boot, an error only when
+// every boot failed, and every successful boot's IOPS is kept; a second
+// round of boots starts with the other daemon (ABBA).
+func TestBestBoot(t *testing.T) {
+	var v *report.GuestValue
+	v = better(v, &report.GuestValue{Error: "boot 1 failed"})
+	if v.Error == "" || len(v.BootsIOPS) != 0 {
+		t.Fatalf("after a failed boot: %+v", v)
+	}
+	v = better(v, &report.GuestValue{IOPS: 100, P99: 9})
+	v = better(v, &report.GuestValue{IOPS: 300, P99: 7})
+	v = better(v, &report.GuestValue{IOPS: 200, P99: 5})
+	v = better(v, &report.GuestValue{Error: "boot 5 failed"})
+	if v.Error != "" || v.IOPS != 300 || v.P99 != 7 || !slices.Equal(v.BootsIOPS, []float64{100, 300, 200}) {
+		t.Fatalf("best of the boots: %+v", v)
+	}
+	if a, b := bootOrder(0+0), bootOrder(0+1); a[0] != b[1] {
+		t.Fatalf("rounds boot %v then %v, want the order swapped", a, b)
 	}
 }

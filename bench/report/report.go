@@ -200,6 +200,9 @@ type GuestValue struct {
 	P50      time.Duration `json:"clat_p50_ns,omitempty"`
 	P99      time.Duration `json:"clat_p99_ns,omitempty"`
 	Error    string        `json:"error,omitempty"`
+	// BootsIOPS: every successful boot's IOPS when the value is the best
+	// of several boots (guestfio.Options.Boots).
+	BootsIOPS []float64 `json:"boots_iops,omitempty"`
 }
 
 // WriteJSON writes r to path.
