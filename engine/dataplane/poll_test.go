@@ -34,6 +34,36 @@ func TestPollerAdapts(t *testing.T) {
 	if p.window != p.max {
 		t.Fatalf("idles under %d× the cap changed the window: %v", holdFactor, p.window)
 	}
+	// Hiccups with requests inside the window between them never add up;
+	// holdMisses of them in a row halve it, and a run of them ends polling.
+	idle(time.Microsecond)
+	for i := 0; i < 3*holdMisses; i++ {
+		idle(2 * p.max)
+		if i%(holdMisses-1) == holdMisses-2 {
+			idle(time.Microsecond)
+		}
+	}
+	if p.window != p.max {
+		t.Fatalf("hiccups between requests inside the window changed it: %v", p.window)
+	}
+	for i := 0; i < holdMisses; i++ {
+		idle(2 * p.max)
+	}
+	if p.window != p.max/2 {
+		t.Fatalf("after %d hold-zone idles in a row: window %v, want %v", holdMisses, p.window, p.max/2)
+	}
+	for i := 0; i < 10*holdMisses; i++ {
+		idle(2 * p.max)
+	}
+	if p.window != 0 {
+		t.Fatalf("requests always %v apart: window %v, want 0 (no polling)", 2*p.max, p.window)
+	}
+	for i := 0; i < 10; i++ {
+		idle(30 * time.Microsecond)
+	}
+	if p.window != p.max {
+		t.Fatalf("window %v after short idles again, want the cap %v", p.window, p.max)
+	}
 	for i := 0; i < 5; i++ {
 		idle(time.Millisecond)
 	}
