@@ -51,7 +51,8 @@ var optionDocs = []optionDoc{
 		"off the queue threads (default 64; 0 is taken as 1).", secFS},
 	{[]string{"poll-max"}, "D", "Longest adaptive polling window of a queue that ran dry, before its thread " +
 		"sleeps until the next kick (default 50us; 0: never poll). The window grows while requests come within " +
-		"it and shrinks when they stop coming within 4× that, so an idle queue does not spin (engine/dataplane).", secFS},
+		"it and shrinks when they stop coming within 4× that or keep coming after it, so an idle queue does not spin " +
+		"(engine/dataplane).", secFS},
 	{[]string{"xattr"}, "", "Serve extended attributes. This is vfsd's default (virtiofsd's is off).", secFS},
 	{[]string{"no-xattr"}, "", "Do not serve extended attributes (the xattr requests answer ENOSYS).", secFS},
 	{[]string{"writeback"}, "", "Offer the writeback cache (FUSE_WRITEBACK_CACHE).", secFS},
