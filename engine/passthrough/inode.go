@@ -139,6 +139,20 @@ func (fs *FS) encodeInodeRec(b []byte, in *inode, fh *fileHandle) bool {
 	return true
 }
 
+// decodeRecHandle reads the file handle of record rec into fh: has is
+// false when the record has none, ok false when its length is impossible
+// (the map is not trusted).
+func decodeRecHandle(rec []byte, fh *fileHandle) (has, ok bool) {
+	le := binary.LittleEndian
+	n := le.Uint32(rec[recFhLen:])
+	if n > maxHandleSize {
+		return false, false
+	}
+	*fh = fileHandle{bytes: n, typ: int32(le.Uint32(rec[recFhType:]))}
+	copy(fh.f[:], rec[recFh:recFh+int(n)])
+	return n > 0, true
+}
+
 func statxFd(fd int, st *unix.Statx_t) error {
 	return statxAt(fd, nil, unix.AT_EMPTY_PATH|unix.AT_SYMLINK_NOFOLLOW, statxMask, st)
 }
@@ -256,7 +270,7 @@ func (fs *FS) sameInodeLocked(in *inode, fd int, cur *fileHandle) bool {
 	if !fs.recordHandleLocked(in, &rh) {
 		return true
 	}
-	return rh.typ == cur.typ && string(rh.f[:rh.bytes]) == string(cur.f[:cur.bytes])
+	return rh.equal(cur)
 }
 
 // recordHandleLocked reads the file handle in in's record into fh; false
@@ -273,13 +287,8 @@ func (fs *FS) recordHandleLocked(in *inode, fh *fileHandle) bool {
 	if fs.inodes.Get(in.tid, rec) != nil {
 		return false
 	}
-	le := binary.LittleEndian
-	*fh = fileHandle{bytes: le.Uint32(rec[recFhLen:]), typ: int32(le.Uint32(rec[recFhType:]))}
-	if fh.bytes == 0 || fh.bytes > maxHandleSize {
-		return false
-	}
-	copy(fh.f[:], rec[recFh:recFh+int(fh.bytes)])
-	return true
+	has, _ := decodeRecHandle(rec, fh)
+	return has
 }
 
 // dropStaleLocked removes in (installed, no fd, nothing kept in the store)

@@ -160,15 +160,16 @@ func (fs *FS) keepIfLastLink(st *unix.Statx_t) {
 	fs.keep(in)
 }
 
-// parseInodeRec checks a record read from the (untrusted) map.
-func (fs *FS) parseInodeRec(rec []byte, in *inode) (fh unix.FileHandle, hasFh bool, ok bool) {
+// parseInodeRec checks a record read from the (untrusted) map and reads
+// it into in and fh (hasFh: the record has a handle).
+func (fs *FS) parseInodeRec(rec []byte, in *inode, fh *fileHandle) (hasFh bool, ok bool) {
 	le := binary.LittleEndian
 	in.flags = le.Uint32(rec[recFlags:])
 	in.typ = le.Uint32(rec[recType:])
 	switch in.typ {
 	case unix.S_IFREG, unix.S_IFDIR, unix.S_IFLNK, unix.S_IFIFO, unix.S_IFSOCK, unix.S_IFCHR, unix.S_IFBLK:
 	default:
-		return fh, false, false
+		return false, false
 	}
 	in.key = maptable.Key{le.Uint64(rec[recKey:]), le.Uint64(rec[recKey+8:]), le.Uint64(rec[recKey+16:])}
 	in.total = 0
@@ -176,15 +177,7 @@ func (fs *FS) parseInodeRec(rec []byte, in *inode) (fh unix.FileHandle, hasFh bo
 		in.cnt[i] = int64(le.Uint64(rec[recCnt+8*i:]))
 		in.total += in.cnt[i]
 	}
-	n := le.Uint32(rec[recFhLen:])
-	if n > maxHandleSize {
-		return fh, false, false
-	}
-	if n > 0 {
-		fh = unix.NewFileHandle(int32(le.Uint32(rec[recFhType:])), rec[recFh:recFh+int(n)])
-		hasFh = true
-	}
-	return fh, hasFh, true
+	return decodeRecHandle(rec, fh)
 }
 
 // recordOnlyLocked returns an inode for record id with counters but no fd
@@ -197,7 +190,8 @@ func (fs *FS) recordOnlyLocked(id maptable.ID) *inode {
 	}
 	in := fs.newInode(maptable.Key{}, 0, -1)
 	in.tid = id
-	if _, _, ok := fs.parseInodeRec(rec, in); !ok {
+	var fh fileHandle
+	if _, ok := fs.parseInodeRec(rec, in, &fh); !ok {
 		return nil
 	}
 	return in
@@ -220,7 +214,8 @@ func (fs *FS) materializeLocked(id maptable.ID, fd int, cur *fileHandle) (*inode
 	}
 	in := fs.newInode(maptable.Key{}, 0, -1)
 	in.tid = id
-	fh, hasFh, ok := fs.parseInodeRec(rec, in)
+	var fh fileHandle
+	hasFh, ok := fs.parseInodeRec(rec, in, &fh)
 	if !ok || in.key == fs.root.key {
 		return nil, unix.ESTALE
 	}
@@ -234,7 +229,7 @@ func (fs *FS) materializeLocked(id maptable.ID, fd int, cur *fileHandle) (*inode
 		} else {
 			unix.Close(sfd)
 		}
-	} else if hasFh && (cur != nil && !sameHandle(cur, fh) || cur == nil && !own && !sameInode(fd, fh)) {
+	} else if hasFh && (cur != nil && !cur.equal(&fh) || cur == nil && !own && !sameInode(fd, &fh)) {
 		// The caller's fd has the record's key but is another inode: the
 		// record's inode is gone (deleted while no fd kept it: a file
 		// unlinked without open handles, or deleted on the host, then a
@@ -252,7 +247,7 @@ func (fs *FS) materializeLocked(id maptable.ID, fd int, cur *fileHandle) (*inode
 	}
 	if fd < 0 && hasFh {
 		var err error
-		fd, err = unix.OpenByHandleAt(fs.mountfd, fh, unix.O_PATH|unix.O_CLOEXEC)
+		fd, err = openByHandle(fs.mountfd, &fh, unix.O_PATH|unix.O_CLOEXEC)
 		if err != nil {
 			fd = -1
 		}

@@ -410,7 +410,7 @@ func (fs *FS) canOpenByHandle(fd int) bool {
 	if nameToHandle(fd, &fh) != nil || fh.bytes > maxHandleSize {
 		return false
 	}
-	nfd, err := unix.OpenByHandleAt(fs.mountfd, unix.NewFileHandle(fh.typ, fh.f[:fh.bytes]), unix.O_PATH|unix.O_CLOEXEC)
+	nfd, err := openByHandle(fs.mountfd, &fh, unix.O_PATH|unix.O_CLOEXEC)
 	if err != nil {
 		return false
 	}

@@ -119,17 +119,9 @@ func faccessat2(dirfd int, name []byte, mode uint32, flags int) error {
 
 // sameInode reports whether fd's file handle is fh (the same inode: for
 // most filesystems its number and generation). False when fd has no handle.
-func sameInode(fd int, fh unix.FileHandle) bool {
+func sameInode(fd int, fh *fileHandle) bool {
 	var cur fileHandle
-	if nameToHandle(fd, &cur) != nil {
-		return false
-	}
-	return cur.typ == fh.Type() && string(cur.f[:cur.bytes]) == string(fh.Bytes())
-}
-
-// sameHandle reports whether h and fh are the same file handle.
-func sameHandle(h *fileHandle, fh unix.FileHandle) bool {
-	return h.typ == fh.Type() && string(h.f[:h.bytes]) == string(fh.Bytes())
+	return nameToHandle(fd, &cur) == nil && cur.equal(fh)
 }
 
 // fileHandle is struct file_handle with room for maxHandleSize bytes.
@@ -137,6 +129,11 @@ type fileHandle struct {
 	bytes uint32
 	typ   int32
 	f     [maxHandleSize]byte
+}
+
+// equal reports whether h and o are the same file handle.
+func (h *fileHandle) equal(o *fileHandle) bool {
+	return h.typ == o.typ && string(h.f[:h.bytes]) == string(o.f[:o.bytes])
 }
 
 // nameToHandle is name_to_handle_at(fd, "", AT_EMPTY_PATH) into h, without
@@ -159,8 +156,7 @@ func nameToHandleAt(dirfd int, name []byte, h *fileHandle) error {
 	return errnoErr(e)
 }
 
-// openByHandle is open_by_handle_at(mountfd, h, flags), without the copy
-// unix.NewFileHandle makes.
+// openByHandle is open_by_handle_at(mountfd, h, flags).
 func openByHandle(mountfd int, h *fileHandle, flags int) (int, error) {
 	for {
 		fd, _, e := unix.Syscall(unix.SYS_OPEN_BY_HANDLE_AT, uintptr(mountfd), uintptr(unsafe.Pointer(h)), uintptr(flags))
