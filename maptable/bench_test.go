@@ -113,7 +113,7 @@ func BenchmarkUpdate(b *testing.B) {
 	b.ReportAllocs()
 	i := 0
 	for b.Loop() {
-		if err := tab.Update(ids[i], func(v []byte) { v[0]++ }); err != nil {
+		if err := tab.Update(ids[i], UpdateFunc(func(v []byte) { v[0]++ })); err != nil {
 			b.Fatal(err)
 		}
 		i = (i + 1) & (n - 1)
@@ -150,7 +150,7 @@ func BenchmarkOpen(b *testing.B) {
 			tab, ids := filled(b, c.slots, c.n)
 			hook, _ := crashAt(5)
 			tab.hook = hook
-			if !runCrashing(b, func() { tab.Update(ids[c.n/2], func(v []byte) { v[1] = 1 }) }) {
+			if !runCrashing(b, func() { tab.Update(ids[c.n/2], UpdateFunc(func(v []byte) { v[1] = 1 })) }) {
 				b.Fatal("no crash")
 			}
 			tab.hook = nil

@@ -35,7 +35,7 @@ func goodSnapshot(t testing.TB) (good, crashed []byte) {
 	good = snapshot(t, tab)
 	hook, _ := crashAt(5) // after the slot went odd and the value was written
 	tab.hook = hook
-	if !runCrashing(t, func() { tab.Update(ids[2], func(v []byte) { copy(v, "XXXXXXXX") }) }) {
+	if !runCrashing(t, func() { tab.Update(ids[2], UpdateFunc(func(v []byte) { copy(v, "XXXXXXXX") })) }) {
 		t.Fatal("update did not crash")
 	}
 	crashed = snapshot(t, tab)
@@ -79,7 +79,7 @@ func exercise(tab *Table) {
 	}
 	for _, id := range ids {
 		tab.Get(id, val)
-		tab.Update(id, func(v []byte) { clear(v) })
+		tab.Update(id, UpdateFunc(func(v []byte) { clear(v) }))
 		tab.Delete(id)
 	}
 }

@@ -63,7 +63,7 @@ func opsFor(rng *rand.Rand, slots int, m model) []crashOp {
 		}
 		ops = append(ops,
 			crashOp{fmt.Sprintf("update-%#x", uint64(id)), func(t *Table) error {
-				return t.Update(id, func(v []byte) { copy(v, "updated!") })
+				return t.Update(id, UpdateFunc(func(v []byte) { copy(v, "updated!") }))
 			}},
 			crashOp{fmt.Sprintf("delete-%#x", uint64(id)), func(t *Table) error { return t.Delete(id) }})
 	}

@@ -466,11 +466,22 @@ func (t *Table) insertAtLocked(s uint32, k Key, val []byte) ID {
 	return makeID(s, gen)
 }
 
-// Update calls fn with a copy of entry id's value and stores what fn leaves in
-// it. fn runs with the table locked: it must not call methods of t, nor keep
-// val. If fn panics, the entry is unchanged. A crash leaves either the old or
+// An Updater rewrites an entry's value in place (Table.Update). An
+// interface rather than a func, so that a long-lived object can be its own
+// updater without a closure allocated for it.
+type Updater interface{ UpdateValue(val []byte) }
+
+// UpdateFunc is a function used as an Updater.
+type UpdateFunc func(val []byte)
+
+// UpdateValue calls f.
+func (f UpdateFunc) UpdateValue(val []byte) { f(val) }
+
+// Update calls u with a copy of entry id's value and stores what u leaves in
+// it. u runs with the table locked: it must not call methods of t, nor keep
+// val. If u panics, the entry is unchanged. A crash leaves either the old or
 // the new value, never a mix.
-func (t *Table) Update(id ID, fn func(val []byte)) error {
+func (t *Table) Update(id ID, u Updater) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.m.mem == nil {
@@ -482,7 +493,7 @@ func (t *Table) Update(id ID, fn func(val []byte)) error {
 	}
 	v := t.m.value(s)
 	copy(t.scratch, v)
-	fn(t.scratch)
+	u.UpdateValue(t.scratch)
 	t.beginLocked(opUpdate, s)
 	sh := t.m.slot(s)
 	seq := sh.Seq

@@ -52,7 +52,7 @@ func TestBasic(t *testing.T) {
 	if _, err := tab.Insert(Key{9}, make([]byte, 9)); !errors.Is(err, ErrValueSize) {
 		t.Fatalf("Insert long value: %v", err)
 	}
-	if err := tab.Update(id, func(v []byte) { copy(v[3:], "defgh") }); err != nil {
+	if err := tab.Update(id, UpdateFunc(func(v []byte) { copy(v[3:], "defgh") })); err != nil {
 		t.Fatal(err)
 	}
 	if err := tab.Get(id, b); err != nil || string(b) != "abcdefgh" {
@@ -61,7 +61,7 @@ func TestBasic(t *testing.T) {
 	// A panicking Update changes nothing and leaves the table usable.
 	func() {
 		defer func() { recover() }()
-		tab.Update(id, func(v []byte) { v[0] = 'X'; panic("boom") })
+		tab.Update(id, UpdateFunc(func(v []byte) { v[0] = 'X'; panic("boom") }))
 	}()
 	if err := tab.Get(id, b); err != nil || string(b) != "abcdefgh" {
 		t.Fatalf("Get after panicking Update = %q, %v", b, err)
@@ -123,7 +123,7 @@ func TestStaleIDs(t *testing.T) {
 		if err := tab.Delete(id); !errors.Is(err, ErrStale) {
 			t.Errorf("Delete(%#x) on empty table: %v", uint64(id), err)
 		}
-		if err := tab.Update(id, func([]byte) {}); !errors.Is(err, ErrStale) {
+		if err := tab.Update(id, UpdateFunc(func([]byte) {})); !errors.Is(err, ErrStale) {
 			t.Errorf("Update(%#x) on empty table: %v", uint64(id), err)
 		}
 	}
@@ -145,7 +145,7 @@ func TestStaleIDs(t *testing.T) {
 			if err := tab.Get(o, b); !errors.Is(err, ErrStale) {
 				t.Fatalf("Get(stale %#x): %v", uint64(o), err)
 			}
-			if err := tab.Update(o, func([]byte) {}); !errors.Is(err, ErrStale) {
+			if err := tab.Update(o, UpdateFunc(func([]byte) {})); !errors.Is(err, ErrStale) {
 				t.Fatalf("Update(stale %#x): %v", uint64(o), err)
 			}
 		}
@@ -269,7 +269,7 @@ func runModel(t *testing.T, rng *rand.Rand, slots, ops int) {
 				break
 			}
 			v := fmt.Sprintf("u%d", i)
-			if err := tab.Update(id, func(b []byte) { clear(b); copy(b, v) }); err != nil {
+			if err := tab.Update(id, UpdateFunc(func(b []byte) { clear(b); copy(b, v) })); err != nil {
 				t.Fatalf("op %d: Update(%#x): %v", i, uint64(id), err)
 			}
 			e := m[id]
@@ -444,7 +444,7 @@ func TestConcurrent(t *testing.T) {
 					errs <- fmt.Errorf("lookup %v", k)
 					return
 				}
-				if err := tab.Update(id, func(v []byte) { v[15] = byte(g) }); err != nil {
+				if err := tab.Update(id, UpdateFunc(func(v []byte) { v[15] = byte(g) })); err != nil {
 					errs <- err
 					return
 				}

@@ -117,15 +117,17 @@ func BenchmarkHot(b *testing.B) {
 
 // BenchmarkReaddirplus: a 10,000-entry directory listed with READDIRPLUS
 // in 4 KiB requests (as the guest's getdents does), entries known after the
-// first pass; ns/op is per request.
+// first pass (plus), or forgotten after each request with a BATCH_FORGET,
+// so that every entry is a new inode as in bench/hostload (plus-forget);
+// ns/op is per request.
 func BenchmarkReaddirplus(b *testing.B) {
-	for _, plus := range []bool{true, false} {
-		op, nm := uint32(fuse.OpReaddirplus), "plus"
-		if !plus {
-			op, nm = fuse.OpReaddir, "plain"
+	for _, nm := range []string{"plus", "plus-forget", "plain"} {
+		op, plus, forget := uint32(fuse.OpReaddirplus), true, nm == "plus-forget"
+		if nm == "plain" {
+			op, plus = fuse.OpReaddir, false
 		}
 		b.Run(nm, func(b *testing.B) {
-			c := newTFS(b, Options{})
+			c := newTFS(b, Options{MaxInodes: 1 << 15}) // room for every entry
 			c.t = &testing.T{}
 			dir := c.path("d")
 			os.Mkdir(dir, 0o755)
@@ -149,6 +151,7 @@ func BenchmarkReaddirplus(b *testing.B) {
 			h.out = fuse.Scatter{make([]byte, 4096+fuse.OutHeaderSize)}
 			arg := h.in[0][fuse.InHeaderSize:]
 			off, reqs, ents := uint64(0), 0, 0
+			var fo []byte // BATCH_FORGET argument: BatchForgetIn, ForgetOnes
 			b.ReportAllocs()
 			for b.Loop() {
 				binary.LittleEndian.PutUint64(arg[8:], off) // ReadIn.Offset
@@ -170,8 +173,17 @@ func BenchmarkReaddirplus(b *testing.B) {
 					}
 					off = binary.LittleEndian.Uint64(pl[base+8:])
 					nl := int(binary.LittleEndian.Uint32(pl[base+16:]))
+					if forget && nl > 0 && string(pl[base+24:base+24+nl]) != "." && string(pl[base+24:base+24+nl]) != ".." {
+						fo = binary.LittleEndian.AppendUint64(fo, binary.LittleEndian.Uint64(pl[0:])) // EntryOut.NodeID
+						fo = binary.LittleEndian.AppendUint64(fo, 1)
+					}
 					pl = pl[base+(24+nl+7)&^7:]
 					ents++
+				}
+				if forget && len(fo) > 0 {
+					bf := append(wire(fuse.BatchForgetIn{Count: uint32(len(fo) / 16)}), fo...)
+					c.call(fuse.OpBatchForget, 0, bf)
+					fo = fo[:0]
 				}
 			}
 			if reqs > 0 {

@@ -107,10 +107,10 @@ func TestDeferredOpen(t *testing.T) {
 func corruptHandle(t *testing.T, fs *FS, nodeid uint64) {
 	t.Helper()
 	fs.imu.Lock()
-	err := fs.inodes.Update(maptable.ID(nodeid), func(val []byte) {
+	err := fs.inodes.Update(maptable.ID(nodeid), maptable.UpdateFunc(func(val []byte) {
 		n := binary.LittleEndian.Uint32(val[recFhLen:])
 		val[recFh+int(n)-1] ^= 0xff
-	})
+	}))
 	fs.imu.Unlock()
 	if err != nil {
 		t.Fatal(err)

@@ -527,6 +527,9 @@ func (fs *FS) fail(rep *fuse.Reply, op uint32, e unix.Errno) {
 
 // errno maps any error to the errno the guest sees (EIO when unknown).
 func errno(err error) unix.Errno {
+	if e, ok := err.(unix.Errno); ok { // most: no allocation
+		return e
+	}
 	var e unix.Errno
 	if errors.As(err, &e) {
 		return e

@@ -69,13 +69,13 @@ func (r *fdRef) closeFd() {
 //	                   is the sum; a hiprio FORGET makes queue 0's negative)
 type inode struct {
 	fdRef
-	tid     maptable.ID // record ID = the nodeid (root: nodeid 1)
-	key     maptable.Key
-	typ     uint32  // S_IFMT bits; a type never changes
-	cnt     []int64 // +checklocks:FS.imu; per-queue lookup counters (nil for the root)
-	total   int64   // +checklocks:FS.imu; sum of cnt
-	flags   uint32  // +checklocks:FS.imu
-	persist func(val []byte)
+	tid   maptable.ID // record ID = the nodeid (root: nodeid 1)
+	key   maptable.Key
+	typ   uint32   // S_IFMT bits; a type never changes
+	cnt   []int64  // +checklocks:FS.imu; per-queue lookup counters (nil for the root)
+	cnt0  [2]int64 // cnt's storage for up to 2 queues (hiprio + 1 request queue)
+	total int64    // +checklocks:FS.imu; sum of cnt
+	flags uint32   // +checklocks:FS.imu
 
 	// Deferred keep of an unlinked regular file (keepIfLastLink): fresh
 	// (set before install, then read-only) says this worker inserted the
@@ -104,17 +104,40 @@ const (
 )
 
 // newInode returns an inode for the record layout of fs (counters zero).
+// One allocation when the counters fit in cnt0: READDIRPLUS makes an inode
+// per entry (with 2 queues, a listing of 10,000 entries lost 30,000
+// allocations of the inode, its counters and a closure for UpdateValue).
 func (fs *FS) newInode(k maptable.Key, typ uint32, fd int) *inode {
-	in := &inode{key: k, typ: typ, cnt: make([]int64, fs.nq)}
-	in.fd = fd
-	in.persist = func(val []byte) {
-		le := binary.LittleEndian
-		le.PutUint32(val[recFlags:], in.flags)
-		for i, c := range in.cnt {
-			le.PutUint64(val[recCnt+8*i:], uint64(c))
-		}
+	in := &inode{key: k, typ: typ}
+	if fs.nq <= len(in.cnt0) {
+		in.cnt = in.cnt0[:fs.nq]
+	} else {
+		in.cnt = make([]int64, fs.nq)
 	}
+	in.fd = fd
 	return in
+}
+
+// UpdateValue writes in's flags and counters into its record
+// (maptable.Updater: fs.inodes.Update(in.tid, in)).
+// Precondition: fs.imu held.
+func (in *inode) UpdateValue(val []byte) {
+	le := binary.LittleEndian
+	le.PutUint32(val[recFlags:], in.flags)
+	for i, c := range in.cnt {
+		le.PutUint64(val[recCnt+8*i:], uint64(c))
+	}
+}
+
+// recMax is the size of an inode record with journal.MaxQueues counters.
+const recMax = recCnt + 8*journal.MaxQueues
+
+// recScratch returns fs.irec bytes for a record: buf's when they fit.
+func (fs *FS) recScratch(buf *[recMax]byte) []byte {
+	if fs.irec <= len(buf) {
+		return buf[:fs.irec]
+	}
+	return make([]byte, fs.irec)
 }
 
 // encodeInodeRec fills a new record for in with file handle fh (nil: none);
@@ -250,7 +273,7 @@ func (fs *FS) openDeferredLocked(in *inode) unix.Errno {
 		// purpose: keepIfLastLink.)
 		if fs.storeFD(inoName(uint64(in.tid)), fd) == nil {
 			in.flags |= recKept
-			fs.inodes.Update(in.tid, in.persist)
+			fs.inodes.Update(in.tid, in)
 		}
 	}
 	return 0
@@ -277,13 +300,8 @@ func (fs *FS) sameInodeLocked(in *inode, fd int, cur *fileHandle) bool {
 // when the record has none.
 // Precondition: fs.imu held.
 func (fs *FS) recordHandleLocked(in *inode, fh *fileHandle) bool {
-	var buf [recCnt + 8*journal.MaxQueues]byte
-	rec := buf[:]
-	if fs.irec <= len(buf) {
-		rec = buf[:fs.irec]
-	} else {
-		rec = make([]byte, fs.irec)
-	}
+	var buf [recMax]byte
+	rec := fs.recScratch(&buf)
 	if fs.inodes.Get(in.tid, rec) != nil {
 		return false
 	}
@@ -335,7 +353,7 @@ func (fs *FS) countLocked(x *txn, in *inode) {
 	x.setRef(uint64(in.tid), in.cnt[x.q], in.key, 0)
 	in.cnt[x.q]++
 	in.total++
-	fs.inodes.Update(in.tid, in.persist)
+	fs.inodes.Update(in.tid, in)
 	crash(cpMaptable)
 }
 
@@ -405,13 +423,12 @@ func (fs *FS) adopt(x *txn, fd int, fh *fileHandle, st *unix.Statx_t) (uint64, *
 
 	in := fs.newInode(k, uint32(st.Mode)&unix.S_IFMT, fd)
 	in.cnt[x.q], in.total = 1, 1
-	if fh == nil {
-		fh = new(fileHandle) // name_to_handle_at outside the lock
-		if nameToHandle(fd, fh) != nil {
-			fh = nil
-		}
+	var fhb fileHandle
+	if fh == nil && nameToHandle(fd, &fhb) == nil { // outside the lock
+		fh = &fhb
 	}
-	rec := make([]byte, fs.irec)
+	var buf [recMax]byte
+	rec := fs.recScratch(&buf)
 	hasHandle := fs.encodeInodeRec(rec, in, fh)
 
 	fs.imu.Lock()
@@ -501,7 +518,7 @@ func (fs *FS) forget(x *txn, nodeid, n uint64, index uint32) {
 	in.cnt[x.q] -= int64(n)
 	in.total -= int64(n)
 	if in.total > 0 {
-		fs.inodes.Update(in.tid, in.persist)
+		fs.inodes.Update(in.tid, in)
 		fs.imu.Unlock()
 		crash(cpMaptable)
 		return
@@ -565,11 +582,9 @@ func (fs *FS) lookupAt(x *txn, dirfd int, name []byte, e *fuse.EntryOut) unix.Er
 	fs.imu.Unlock()
 	fs.scoreLookup(false)
 	var fh *fileHandle
-	if fd < 0 && fs.deferrable(&st) {
-		fh = new(fileHandle)
-		if nameToHandleAt(dirfd, name, fh) != nil {
-			fh = nil
-		}
+	var fhb fileHandle
+	if fd < 0 && fs.deferrable(&st) && nameToHandleAt(dirfd, name, &fhb) == nil {
+		fh = &fhb
 	}
 	if fd < 0 && fh == nil {
 		var eno unix.Errno

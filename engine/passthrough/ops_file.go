@@ -237,7 +237,7 @@ func (fs *FS) resumedCreated(x *txn, hflags int) int {
 				rin.cnt[x.q]--
 				rin.total--
 				if rin.total > 0 {
-					fs.inodes.Update(id, rin.persist)
+					fs.inodes.Update(id, rin)
 				} else {
 					fs.inodes.Delete(id)
 				}

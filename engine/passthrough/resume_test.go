@@ -1246,10 +1246,10 @@ func TestReusedInodeNumber(t *testing.T) {
 	os.WriteFile(r.c.path("f"), []byte("new file"), 0o644)
 	old := r.mustLookup("f")
 	r.c.fs.imu.Lock()
-	err := r.c.fs.inodes.Update(maptable.ID(old.NodeID), func(val []byte) {
+	err := r.c.fs.inodes.Update(maptable.ID(old.NodeID), maptable.UpdateFunc(func(val []byte) {
 		n := binary.LittleEndian.Uint32(val[recFhLen:])
 		val[recFh+int(n)-1] ^= 0xff // another generation
-	})
+	}))
 	r.c.fs.imu.Unlock()
 	if err != nil {
 		t.Fatal(err)

@@ -119,7 +119,7 @@ func (fs *FS) keep(in *inode) {
 	fs.imu.Lock()
 	if !in.dead.Load() {
 		in.flags |= recKept
-		fs.inodes.Update(in.tid, in.persist)
+		fs.inodes.Update(in.tid, in)
 	}
 	fs.imu.Unlock()
 }
@@ -270,7 +270,7 @@ func (fs *FS) materializeLocked(id maptable.ID, fd int, cur *fileHandle) (*inode
 		}
 	}
 	if in.flags&recKept != 0 {
-		fs.inodes.Update(in.tid, in.persist)
+		fs.inodes.Update(in.tid, in)
 	}
 	fs.installLocked(in)
 	return in, 0
