@@ -43,6 +43,13 @@ type Options struct {
 	// ClientPoll: how long the frontend's waiting request polls for its
 	// reply before sleeping (tools/frontend PollCompletions).
 	ClientPoll time.Duration
+	// Polled adds depth-1 rows (one request queue, vfsd and the reference
+	// interleaved) of these workloads with a frontend that polls for
+	// PolledClientPoll before sleeping, as a KVM vCPU halt-polls: a
+	// daemon's notification then finds the waiter awake instead of paying
+	// its wake-up (report.Report.Polled).
+	Polled           []hostload.Workload
+	PolledClientPoll time.Duration
 	// ShareDir is the host directory the daemons serve (default: a new
 	// temporary directory, removed at the end).
 	ShareDir string
@@ -78,6 +85,8 @@ type Settings struct {
 	DirEntries     int           `json:"dir_entries"`
 	ReaddirSize    int           `json:"readdir_size"`
 	ClientPoll     time.Duration `json:"client_poll_ns"`
+	Polled         []string      `json:"polled,omitempty"`
+	PolledPoll     time.Duration `json:"polled_client_poll_ns,omitempty"`
 	ShareDir       string        `json:"share_dir"`
 	Guest          bool          `json:"guest"`
 	GuestJobs      []string      `json:"guest_jobs,omitempty"`
@@ -121,7 +130,16 @@ func (o *Options) plannedRuns(profile bool) (daemonRuns, floorRuns, profRuns int
 	if profile {
 		profRuns = len(o.Workloads)
 	}
+	daemonRuns += 2 * o.Repeat * len(o.polled())
 	return
+}
+
+// polled is Polled when its client polls (nothing otherwise).
+func (o *Options) polled() []hostload.Workload {
+	if o.PolledClientPoll <= 0 {
+		return nil
+	}
+	return o.Polled
 }
 
 // Estimate is a rough wall time of the run (host part, and guest part).
@@ -219,6 +237,56 @@ func Run(ctx context.Context, o Options) (*report.Report, error) {
 		return rep, writeOutputs(o, rep)
 	}
 
+	// measureRow runs the kinds of daemon for row, interleaved, o.Repeat
+	// times, and finishes it; false when ctx ended.
+	measureRow := func(row *report.Row, w hostload.Workload, c config, kinds []string, clientPoll time.Duration, tag string) bool {
+		for rep1 := 1; rep1 <= o.Repeat; rep1++ {
+			for _, name := range kinds {
+				if ctx.Err() != nil {
+					return false
+				}
+				pr.done++
+				label := name
+				if name == "plain" {
+					label = "vfsd --no-supervisor"
+				}
+				pr.line("%s depth=%d queues=%d %s%s (%d/%d)", w.Name, c.depth, c.queues, label, tag, rep1, o.Repeat)
+				k, agg, bin := daemon.Vfsd, row.Vfsd, o.VfsdBin
+				var extra []string
+				switch name {
+				case "virtiofsd":
+					k, agg, bin = daemon.Virtiofsd, row.Ref, o.RefBin
+				case "plain":
+					agg, extra = row.Plain, []string{"--no-supervisor"}
+				}
+				res, err := hostload.RunDaemon(ctx, hostload.DaemonConfig{Kind: k, Bin: bin, Cache: o.Cache,
+					Workload: w, Depth: c.depth, Queues: c.queues, Warmup: o.Warmup, Duration: o.Duration,
+					Share: share, SockDir: sockDir, ReaddirSize: o.ReaddirSize, ClientPoll: clientPoll, Extra: extra})
+				if err != nil {
+					if ctx.Err() != nil {
+						return false
+					}
+					agg.Fail(err)
+					pr.line("  FAILED: %s", firstLine(err))
+					continue
+				}
+				if res.Errors > 0 {
+					pr.line("  %d of %d operations failed, first: %s", res.Errors, res.Ops, res.FirstError)
+				}
+				agg.Add(res)
+			}
+		}
+		row.Vfsd.Finish()
+		if row.Ref != nil {
+			row.Ref.Finish()
+		}
+		if row.Plain != nil {
+			row.Plain.Finish()
+		}
+		row.Ratios()
+		return true
+	}
+
 	for _, w := range o.Workloads {
 		for _, c := range o.configs() {
 			row := &report.Row{Workload: w.Name, Depth: c.depth, Queues: c.queues, Vfsd: &report.Agg{}}
@@ -229,58 +297,17 @@ func Run(ctx context.Context, o Options) (*report.Report, error) {
 				}
 			}
 			rep.Host = append(rep.Host, row)
-			for rep1 := 1; rep1 <= o.Repeat; rep1++ {
-				// "plain" is vfsd --no-supervisor (recovery off).
-				kinds := []string{"vfsd", "virtiofsd", "plain"}
-				switch {
-				case c.queues > 1:
-					kinds = kinds[:1]
-				case !o.RecoveryCost:
-					kinds = kinds[:2]
-				}
-				for _, name := range kinds {
-					if ctx.Err() != nil {
-						return finish()
-					}
-					pr.done++
-					label := name
-					if name == "plain" {
-						label = "vfsd --no-supervisor"
-					}
-					pr.line("%s depth=%d queues=%d %s (%d/%d)", w.Name, c.depth, c.queues, label, rep1, o.Repeat)
-					k, agg, bin := daemon.Vfsd, row.Vfsd, o.VfsdBin
-					var extra []string
-					switch name {
-					case "virtiofsd":
-						k, agg, bin = daemon.Virtiofsd, row.Ref, o.RefBin
-					case "plain":
-						agg, extra = row.Plain, []string{"--no-supervisor"}
-					}
-					res, err := hostload.RunDaemon(ctx, hostload.DaemonConfig{Kind: k, Bin: bin, Cache: o.Cache,
-						Workload: w, Depth: c.depth, Queues: c.queues, Warmup: o.Warmup, Duration: o.Duration,
-						Share: share, SockDir: sockDir, ReaddirSize: o.ReaddirSize, ClientPoll: o.ClientPoll, Extra: extra})
-					if err != nil {
-						if ctx.Err() != nil {
-							return finish()
-						}
-						agg.Fail(err)
-						pr.line("  FAILED: %s", firstLine(err))
-						continue
-					}
-					if res.Errors > 0 {
-						pr.line("  %d of %d operations failed, first: %s", res.Errors, res.Ops, res.FirstError)
-					}
-					agg.Add(res)
-				}
+			// "plain" is vfsd --no-supervisor (recovery off).
+			kinds := []string{"vfsd", "virtiofsd", "plain"}
+			switch {
+			case c.queues > 1:
+				kinds = kinds[:1]
+			case !o.RecoveryCost:
+				kinds = kinds[:2]
 			}
-			row.Vfsd.Finish()
-			if row.Ref != nil {
-				row.Ref.Finish()
+			if !measureRow(row, w, c, kinds, o.ClientPoll, "") {
+				return finish()
 			}
-			if row.Plain != nil {
-				row.Plain.Finish()
-			}
-			row.Ratios()
 			if o.Floor {
 				if ctx.Err() != nil {
 					return finish()
@@ -314,6 +341,16 @@ func Run(ctx context.Context, o Options) (*report.Report, error) {
 		if o.Plots {
 			plotWorkload(o, rep, w.Name)
 		}
+	}
+
+	for _, w := range o.polled() {
+		row := &report.Row{Workload: w.Name, Depth: 1, Queues: 1, Vfsd: &report.Agg{}, Ref: &report.Agg{}}
+		rep.Polled = append(rep.Polled, row)
+		tag := fmt.Sprintf(", client polls %v", o.PolledClientPoll)
+		if !measureRow(row, w, config{1, 1}, []string{"vfsd", "virtiofsd"}, o.PolledClientPoll, tag) {
+			return finish()
+		}
+		noteErrors(rep, row)
 	}
 
 	if o.Guest && ctx.Err() == nil {
@@ -477,6 +514,16 @@ func writeText(w io.Writer, rep *report.Report, guestBoots int) {
 			report.WriteRecoveryTable(w, rep.Host)
 		}
 	}
+	if len(rep.Polled) > 0 {
+		poll := time.Duration(0)
+		if st, ok := rep.Settings.(Settings); ok {
+			poll = st.PolledPoll
+		}
+		fmt.Fprintf(w, "\nDepth 1 with a frontend that polls the used ring up to %v before sleeping, as a KVM vCPU halt-polls\n", poll)
+		fmt.Fprintf(w, "(above, the frontend sleeps at once and every reply pays its wake-up inside the daemon's eventfd write; under KVM,\n")
+		fmt.Fprintf(w, "a halt-polling vCPU is often awake when the daemon's interrupt comes); vfsd and the reference interleaved as above\n\n")
+		report.WriteHostTable(w, rep.Polled)
+	}
 	for _, p := range rep.Profiles {
 		if p.Error != "" {
 			fmt.Fprintf(w, "\nvfsd CPU profile, %s depth=%d: %s\n", p.Workload, p.Depth, p.Error)
@@ -507,6 +554,10 @@ func (o *Options) settings() Settings {
 		ReaddirSize: o.ReaddirSize, ClientPoll: o.ClientPoll, ShareDir: o.ShareDir, Guest: o.Guest}
 	for _, w := range o.Workloads {
 		s.Workloads = append(s.Workloads, w.Name)
+	}
+	for _, w := range o.polled() {
+		s.Polled = append(s.Polled, w.Name)
+		s.PolledPoll = o.PolledClientPoll
 	}
 	if o.Guest {
 		s.GuestJobs, s.GuestCaches, s.GuestRuntime = o.GuestOpts.Jobs, o.GuestOpts.Caches, o.GuestOpts.Runtime

@@ -58,7 +58,8 @@ func TestHarnessTiny(t *testing.T) {
 	o := Options{VfsdBin: fake, Workloads: ws, Depths: []int{4}, VfsdQueues: 2, Repeat: 2,
 		Warmup: 100 * time.Millisecond, Duration: 250 * time.Millisecond, Cache: "auto", FileSize: 2 << 20,
 		DirEntries: 200, ReaddirSize: 4096, OutDir: out, Floor: true, Profile: true, ProfileSeconds: 1,
-		ProfileTop: 5, Plots: true, Out: &table, Progress: &prog}
+		ProfileTop: 5, Plots: true, Out: &table, Progress: &prog,
+		Polled: ws[:1], PolledClientPoll: 20 * time.Microsecond}
 	rep, err := Run(context.Background(), o)
 	if err != nil {
 		t.Fatal(err)
@@ -79,18 +80,28 @@ func TestHarnessTiny(t *testing.T) {
 			t.Fatalf("row %s depth=%d: reference runs %d, ratios %v %v", r.Workload, r.Depth, len(r.Ref.Runs), r.OpsRatio, r.P99Ratio)
 		}
 	}
+	// The polled row: depth 1, both daemons, both runs.
+	if len(rep.Polled) != 1 {
+		t.Fatalf("%d polled rows, want 1", len(rep.Polled))
+	}
+	if r := rep.Polled[0]; r.Workload != "getattr" || r.Depth != 1 || r.Ref == nil || len(r.Vfsd.Runs) != 2 ||
+		len(r.Ref.Runs) != 2 || r.OpsRatio <= 0 {
+		t.Fatalf("polled row: %+v", r)
+	}
 	for _, n := range rep.Notes {
 		if strings.Contains(n, "failed") {
 			t.Errorf("note: %s", n)
 		}
 	}
 	txt := table.String()
-	for _, want := range []string{"vfsd ops/s", "readdirplus", "floor ops/s", "results: " + out} {
+	for _, want := range []string{"vfsd ops/s", "readdirplus", "floor ops/s", "results: " + out,
+		"Depth 1 with a frontend that polls the used ring up to 20µs"} {
 		if !strings.Contains(txt, want) {
 			t.Errorf("table lacks %q", want)
 		}
 	}
-	if !strings.Contains(prog.String(), "getattr depth=4 queues=2 vfsd (2/2)") {
+	if !strings.Contains(prog.String(), "getattr depth=4 queues=2 vfsd (2/2)") ||
+		!strings.Contains(prog.String(), "getattr depth=1 queues=1 virtiofsd, client polls 20µs (2/2)") {
 		t.Errorf("progress lines lack a run:\n%s", prog.String())
 	}
 	b, err := os.ReadFile(filepath.Join(out, "results.json"))
@@ -101,7 +112,7 @@ func TestHarnessTiny(t *testing.T) {
 	if err := json.Unmarshal(b, &back); err != nil {
 		t.Fatal(err)
 	}
-	if len(back.Host) != 6 || back.Host[0].Vfsd.Samples == 0 || len(back.Host[0].Vfsd.Hist) == 0 {
+	if len(back.Host) != 6 || len(back.Polled) != 1 || back.Host[0].Vfsd.Samples == 0 || len(back.Host[0].Vfsd.Hist) == 0 {
 		t.Fatalf("JSON round trip lost rows or samples")
 	}
 	for _, w := range ws {

@@ -21,8 +21,11 @@ type Report struct {
 	Machine  Machine       `json:"machine"`
 	Settings any           `json:"settings"`
 	Host     []*Row        `json:"host,omitempty"`
-	Profiles []*Profile    `json:"profiles,omitempty"`
-	Guest    []*GuestRow   `json:"guest,omitempty"`
+	// Polled are depth-1 host rows with a frontend that polls for its
+	// replies before sleeping (harness Options.Polled).
+	Polled   []*Row      `json:"host_polled_client,omitempty"`
+	Profiles []*Profile  `json:"profiles,omitempty"`
+	Guest    []*GuestRow `json:"guest,omitempty"`
 	// Notes are things the reader must know: skipped parts, failed runs.
 	Notes []string `json:"notes,omitempty"`
 }

@@ -54,6 +54,10 @@ func main() {
 	flag.IntVar(&o.ReaddirSize, "readdir-size", 4096, "bytes of room per READDIRPLUS (a Linux guest asks for one page)")
 	flag.DurationVar(&o.ClientPoll, "client-poll", 0,
 		"how long the frontend's lone waiting request polls for its reply before sleeping, as a KVM vCPU halt-polls (0: sleep at once)")
+	polled := flag.String("polled", "getattr,lookup,read4k",
+		"host workloads also measured at depth 1 with a frontend that polls before sleeping (-polled-client-poll); \"none\" for none")
+	flag.DurationVar(&o.PolledClientPoll, "polled-client-poll", 50*time.Microsecond,
+		"how long the frontend polls for a reply in the -polled rows (0: no such rows)")
 	flag.StringVar(&o.ShareDir, "share", "", "host directory to serve (kept; default: a temporary one)")
 	out := flag.String("out", "", "results directory (default bench/results/TIMESTAMP)")
 	flag.BoolVar(&o.Floor, "floor", true, "measure the in-process syscall floor")
@@ -75,6 +79,9 @@ func main() {
 
 	if o.Workloads, err = parseWorkloads(*only); err != nil {
 		usage(err)
+	}
+	if o.Polled, err = parseWorkloads(*polled); err != nil {
+		usage(fmt.Errorf("-polled: %w", err))
 	}
 	if o.Depths, err = parseInts(*depths); err != nil {
 		usage(fmt.Errorf("-depths: %w", err))
