@@ -557,6 +557,8 @@ func (o *Options) settings() Settings {
 	}
 	for _, w := range o.polled() {
 		s.Polled = append(s.Polled, w.Name)
+	}
+	if len(s.Polled) > 0 {
 		s.PolledPoll = o.PolledClientPoll
 	}
 	if o.Guest {

@@ -292,8 +292,10 @@ func New(o Options) (*FS, error) {
 		fs.flushAll() // the removes of what the predecessor left over
 		return fs, nil
 	}
-	rec := make([]byte, fs.irec)
-	fh := new(fileHandle)
+	var buf [recMax]byte
+	rec := fs.recScratch(&buf)
+	var fhb fileHandle
+	fh := &fhb
 	if nameToHandle(rootfd, fh) != nil {
 		fh = nil
 	}

@@ -583,7 +583,7 @@ func (fs *FS) lookupAt(x *txn, dirfd int, name []byte, e *fuse.EntryOut) unix.Er
 	fs.scoreLookup(false)
 	var fh *fileHandle
 	var fhb fileHandle
-	if fd < 0 && fs.deferrable(&st) && nameToHandleAt(dirfd, name, &fhb) == nil {
+	if fd < 0 && fs.deferrable(&st) && nameToHandleAt(dirfd, name, 0, &fhb) == nil {
 		fh = &fhb
 	}
 	if fd < 0 && fh == nil {

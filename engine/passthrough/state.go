@@ -184,7 +184,8 @@ func (fs *FS) parseInodeRec(rec []byte, in *inode, fh *fileHandle) (hasFh bool, 
 // (fd -1), not installed: FORGET of an inode that can no longer be opened.
 // Precondition: fs.imu held for writing.
 func (fs *FS) recordOnlyLocked(id maptable.ID) *inode {
-	rec := make([]byte, fs.irec)
+	var buf [recMax]byte
+	rec := fs.recScratch(&buf)
 	if fs.inodes.Get(id, rec) != nil {
 		return nil
 	}
@@ -208,7 +209,8 @@ func (fs *FS) materializeLocked(id maptable.ID, fd int, cur *fileHandle) (*inode
 	if in := fs.islots.get(id.Slot()); in != nil && in.tid == id {
 		return in, 0
 	}
-	rec := make([]byte, fs.irec)
+	var buf [recMax]byte
+	rec := fs.recScratch(&buf)
 	if err := fs.inodes.Get(id, rec); err != nil {
 		return nil, unix.ESTALE
 	}

@@ -257,28 +257,43 @@ func (q *storeQueue) idle() (time.Duration, error) {
 // fell due sent (and then removed) most of them.
 // Precondition: q.mu held.
 func (q *storeQueue) flushDueLocked() error {
-	due := int64(lazyMax)
 	now := nanotime()
 	k := 0
-	for k < len(q.times) && now-q.times[k] >= due {
+	for k < len(q.times) && now-q.times[k] >= int64(lazyMax) {
 		k++
 	}
-	if k == len(q.names) {
-		return q.flushLocked()
-	}
-	if k == 0 && len(q.removes) == 0 {
+	return q.sendLocked(k)
+}
+
+// flushLocked sends the queue as one message and empties it.
+// Precondition: q.mu held.
+func (q *storeQueue) flushLocked() error { return q.sendLocked(len(q.names)) }
+
+// sendLocked sends the queued removes and the first k stores as one
+// message (none when there is nothing to send) and drops them from the
+// queue, unpinning the stores' fdRefs.
+// Precondition: q.mu held.
+func (q *storeQueue) sendLocked(k int) error {
+	if len(q.removes)+k == 0 {
+		if len(q.names) == 0 {
+			q.queued.Store(false)
+		}
 		return nil
 	}
 	err := q.batch.SendBatch(q.removes, q.names[:k], q.fds[:k])
+	if k == len(q.names) {
+		q.resetLocked()
+		return err
+	}
 	for _, r := range q.refs[:k] {
 		if r != nil {
 			r.unpin()
 		}
 	}
-	for _, n := range q.names[:k] {
+	for _, n := range q.removes {
 		q.text -= len(n) + 1
 	}
-	for _, n := range q.removes {
+	for _, n := range q.names[:k] {
 		q.text -= len(n) + 1
 	}
 	clear(q.removes)
@@ -292,18 +307,6 @@ func (q *storeQueue) flushDueLocked() error {
 	clear(q.refs[n:])
 	q.names, q.fds, q.refs, q.times = q.names[:n], q.fds[:n], q.refs[:n], q.times[:n]
 	q.since.Store(q.times[0])
-	return err
-}
-
-// flushLocked sends the queue as one message and empties it.
-// Precondition: q.mu held.
-func (q *storeQueue) flushLocked() error {
-	if len(q.removes)+len(q.names) == 0 {
-		q.queued.Store(false)
-		return nil
-	}
-	err := q.batch.SendBatch(q.removes, q.names, q.fds)
-	q.resetLocked()
 	return err
 }
 

@@ -136,23 +136,20 @@ func (h *fileHandle) equal(o *fileHandle) bool {
 	return h.typ == o.typ && string(h.f[:h.bytes]) == string(o.f[:o.bytes])
 }
 
-// nameToHandle is name_to_handle_at(fd, "", AT_EMPTY_PATH) into h, without
-// the allocations of x/sys's form (one per new inode on READDIRPLUS).
+// nameToHandle is name_to_handle_at(fd, "", AT_EMPTY_PATH) into h: the
+// handle of fd's own inode.
 func nameToHandle(fd int, h *fileHandle) error {
-	h.bytes = maxHandleSize
-	var mnt int32
-	_, _, e := unix.Syscall6(unix.SYS_NAME_TO_HANDLE_AT, uintptr(fd), uintptr(unsafe.Pointer(&emptyPath[0])),
-		uintptr(unsafe.Pointer(h)), uintptr(unsafe.Pointer(&mnt)), unix.AT_EMPTY_PATH, 0)
-	return errnoErr(e)
+	return nameToHandleAt(fd, nil, unix.AT_EMPTY_PATH, h)
 }
 
-// nameToHandleAt is name_to_handle_at(dirfd, name, 0) into h: the handle of
-// the name itself (a symlink is not followed).
-func nameToHandleAt(dirfd int, name []byte, h *fileHandle) error {
+// nameToHandleAt is name_to_handle_at(dirfd, name, flags) into h, without
+// the allocations of x/sys's form (one per new inode on READDIRPLUS). With
+// flags 0 it is the handle of the name itself (a symlink is not followed).
+func nameToHandleAt(dirfd int, name []byte, flags int, h *fileHandle) error {
 	h.bytes = maxHandleSize
 	var mnt int32
 	_, _, e := unix.Syscall6(unix.SYS_NAME_TO_HANDLE_AT, uintptr(dirfd), uintptr(unsafe.Pointer(cstr(name))),
-		uintptr(unsafe.Pointer(h)), uintptr(unsafe.Pointer(&mnt)), 0, 0)
+		uintptr(unsafe.Pointer(h)), uintptr(unsafe.Pointer(&mnt)), uintptr(flags), 0)
 	return errnoErr(e)
 }
 
