@@ -222,6 +222,9 @@ func Run(ctx context.Context, o Options) (*report.Report, error) {
 	if err != nil {
 		return nil, fmt.Errorf("harness: prepare share: %w", err)
 	}
+	// Write back what the share (and the build before the run) left
+	// dirty now, not in the kernel's flusher threads during the first rows.
+	unix.Sync()
 	sockDir, err := os.MkdirTemp("", "vfsd-bench-sock-")
 	if err != nil {
 		return nil, err
@@ -241,7 +244,11 @@ func Run(ctx context.Context, o Options) (*report.Report, error) {
 	// times, and finishes it; false when ctx ended.
 	measureRow := func(row *report.Row, w hostload.Workload, c config, kinds []string, clientPoll time.Duration, tag string) bool {
 		for rep1 := 1; rep1 <= o.Repeat; rep1++ {
-			for _, name := range kinds {
+			for i := range kinds {
+				// Each repetition starts with the next kind (ABC, BCA,
+				// CAB): no daemon always runs first, right after the
+				// previous row or in the run's first seconds.
+				name := kinds[(i+rep1-1)%len(kinds)]
 				if ctx.Err() != nil {
 					return false
 				}
