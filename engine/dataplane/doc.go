@@ -2,8 +2,9 @@
 // per started queue, locked to its OS thread, serving FUSE requests from the
 // ring through a fuse.Handler. It implements vhostuser.Backend.
 //
-// Queue loop: block in epoll on the kick eventfd, a control eventfd (stop,
-// memory table change) and a completion eventfd (blocking requests done);
+// Queue loop: block in epoll on the kick eventfd (edge-triggered, never read:
+// a wake-up is one syscall), a control eventfd (stop, memory table change)
+// and a completion eventfd (blocking requests done);
 // on wake, with notifications disabled, pop every available chain, decode it
 // in place (fuse.Request.Decode), answer it into its writable segments
 // (fuse.Reply) and push it; publish the used index once per batch and write
