@@ -504,7 +504,8 @@ func writeText(w io.Writer, rep *report.Report, guestBoots int) {
 	}
 	if len(rep.Host) > 0 {
 		fmt.Fprintf(w, "\nHost workloads through the project's vhost-user frontend (ops/s: median of the repeats; latency percentiles: all samples pooled;\n")
-		fmt.Fprintf(w, "ratio: vfsd/reference; cpu µs/op: daemon process tree (user+sys); floor: the same syscalls in-process, depth x queues threads;\n")
+		fmt.Fprintf(w, "ratio: vfsd/reference; repeats: lowest and highest ratio of one repetition's two runs; cpu µs/op: daemon process tree (user+sys);\n")
+		fmt.Fprintf(w, "floor: the same syscalls in-process, depth x queues threads;\n")
 		client := "sleeps on the call eventfd at once (-client-poll=0)"
 		if st, ok := rep.Settings.(Settings); ok && st.ClientPoll > 0 {
 			client = fmt.Sprintf("polls the used ring up to %v before sleeping, as a KVM vCPU halt-polls (-client-poll)", st.ClientPoll)
@@ -517,7 +518,8 @@ func writeText(w io.Writer, rep *report.Report, guestBoots int) {
 		}
 		if plain {
 			fmt.Fprintf(w, "\nRecovery cost: vfsd as shipped (supervisor, journal, fd store, inflight region) against vfsd --no-supervisor\n")
-			fmt.Fprintf(w, "(no recovery), interleaved in the same runs; on/off is the ops/s ratio (target >= 0.90)\n\n")
+			fmt.Fprintf(w, "(no recovery), interleaved in the same runs; on/off is the ops/s ratio (target >= 0.90), repeats its lowest and\n")
+			fmt.Fprintf(w, "highest value in one repetition\n\n")
 			report.WriteRecoveryTable(w, rep.Host)
 		}
 	}

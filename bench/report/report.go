@@ -59,6 +59,11 @@ type Row struct {
 	// latency (0 when either side is missing).
 	OpsRatio float64 `json:"ops_ratio,omitempty"`
 	P99Ratio float64 `json:"p99_ratio,omitempty"`
+	// OpsRatioRange and RecoveryRatioRange are the lowest and highest
+	// ratio of one repetition's runs (run i against run i: the runs of
+	// a repetition are adjacent in time); zero when a side lost a run.
+	OpsRatioRange      [2]float64 `json:"ops_ratio_range,omitzero"`
+	RecoveryRatioRange [2]float64 `json:"recovery_ratio_range,omitzero"`
 }
 
 // Agg summarises the repeated runs of one configuration on one daemon (or
@@ -161,18 +166,47 @@ func median(v []float64) float64 {
 // Ratios fills in the row's vfsd/reference ratios.
 func (r *Row) Ratios() {
 	r.OpsRatio, r.P99Ratio, r.RecoveryRatio = 0, 0, 0
+	r.OpsRatioRange, r.RecoveryRatioRange = [2]float64{}, [2]float64{}
 	if r.Vfsd != nil && r.Plain != nil && len(r.Vfsd.Runs) > 0 && len(r.Plain.Runs) > 0 && r.Plain.OpsPerSec > 0 {
 		r.RecoveryRatio = r.Vfsd.OpsPerSec / r.Plain.OpsPerSec
+		r.RecoveryRatioRange = runRatios(r.Vfsd, r.Plain)
 	}
 	if r.Vfsd == nil || r.Ref == nil || len(r.Vfsd.Runs) == 0 || len(r.Ref.Runs) == 0 {
 		return
 	}
 	if r.Ref.OpsPerSec > 0 {
 		r.OpsRatio = r.Vfsd.OpsPerSec / r.Ref.OpsPerSec
+		r.OpsRatioRange = runRatios(r.Vfsd, r.Ref)
 	}
 	if r.Ref.P99 > 0 {
 		r.P99Ratio = float64(r.Vfsd.P99) / float64(r.Ref.P99)
 	}
+}
+
+// runRatios is the range of a's run i ops/s over b's run i: zero unless
+// both hold every repetition (a failed run would pair runs of different
+// repetitions).
+func runRatios(a, b *Agg) [2]float64 {
+	if len(a.Runs) != len(b.Runs) || len(a.Errors) > 0 || len(b.Errors) > 0 {
+		return [2]float64{}
+	}
+	lo, hi := math.Inf(1), 0.0
+	for i := range a.Runs {
+		if b.Runs[i].OpsPerSec <= 0 {
+			return [2]float64{}
+		}
+		q := a.Runs[i].OpsPerSec / b.Runs[i].OpsPerSec
+		lo, hi = min(lo, q), max(hi, q)
+	}
+	return [2]float64{lo, hi}
+}
+
+// ratioRange renders a per-repetition range: 0.91–1.24 ("-" if unknown).
+func ratioRange(r [2]float64) string {
+	if r[0] <= 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.2f–%.2f", r[0], r[1])
 }
 
 // Profile is the CPU profile of vfsd under one workload.
@@ -270,7 +304,7 @@ func cpuUs(d time.Duration) string {
 // WriteHostTable prints the host rows as one aligned table.
 func WriteHostTable(w io.Writer, rows []*Row) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "workload\tdepth\tq\t|\tvfsd ops/s\tp50\tp99\tp99.9\t|\tref ops/s\tp50\tp99\tp99.9\t|\tops ratio\tp99 ratio\t|\tcpu µs/op vfsd\tref\t|\tfloor ops/s\tcpu µs/op\t|\tvfsd/floor\t")
+	fmt.Fprintln(tw, "workload\tdepth\tq\t|\tvfsd ops/s\tp50\tp99\tp99.9\t|\tref ops/s\tp50\tp99\tp99.9\t|\tops ratio\trepeats\tp99 ratio\t|\tcpu µs/op vfsd\tref\t|\tfloor ops/s\tcpu µs/op\t|\tvfsd/floor\t")
 	for _, r := range rows {
 		v, f := r.Vfsd, r.Floor
 		cols := []string{r.Workload, fmt.Sprint(r.Depth), fmt.Sprint(r.Queues)}
@@ -286,7 +320,7 @@ func WriteHostTable(w io.Writer, rows []*Row) {
 		}
 		cols = append(cols, bar(side(v))...)
 		cols = append(cols, bar(side(r.Ref))...)
-		cols = append(cols, bar([]string{ratio(r.OpsRatio), ratio(r.P99Ratio)})...)
+		cols = append(cols, bar([]string{ratio(r.OpsRatio), ratioRange(r.OpsRatioRange), ratio(r.P99Ratio)})...)
 		cpu := []string{"-", "-"}
 		if v != nil && len(v.Runs) > 0 {
 			cpu[0] = cpuUs(v.CPUPerOp)
@@ -314,20 +348,21 @@ func WriteHostTable(w io.Writer, rows []*Row) {
 // recovery on) against vfsd --no-supervisor (recovery off).
 func WriteRecoveryTable(w io.Writer, rows []*Row) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "workload\tdepth\t|\trecovery on ops/s\tp99\t|\toff ops/s\tp99\t|\ton/off\t|\tcpu µs/op on\toff\t")
+	fmt.Fprintln(tw, "workload\tdepth\t|\trecovery on ops/s\tp99\t|\toff ops/s\tp99\t|\ton/off\trepeats\t|\tcpu µs/op on\toff\t")
 	for _, r := range rows {
 		if r.Plain == nil || r.Vfsd == nil || len(r.Vfsd.Runs) == 0 {
 			continue
 		}
-		off := []string{"FAILED", "", "", ""}
+		off := []string{"FAILED", "", "", "", ""}
 		if len(r.Plain.Runs) > 0 {
-			off = []string{Rate(r.Plain.OpsPerSec), Dur(r.Plain.P99), ratio(r.RecoveryRatio), cpuUs(r.Plain.CPUPerOp)}
+			off = []string{Rate(r.Plain.OpsPerSec), Dur(r.Plain.P99), ratio(r.RecoveryRatio),
+				ratioRange(r.RecoveryRatioRange), cpuUs(r.Plain.CPUPerOp)}
 		}
 		cols := []string{r.Workload, fmt.Sprint(r.Depth)}
 		cols = append(cols, bar([]string{Rate(r.Vfsd.OpsPerSec), Dur(r.Vfsd.P99)})...)
 		cols = append(cols, bar(off[:2])...)
-		cols = append(cols, bar(off[2:3])...)
-		cols = append(cols, bar([]string{cpuUs(r.Vfsd.CPUPerOp), off[3]})...)
+		cols = append(cols, bar(off[2:4])...)
+		cols = append(cols, bar([]string{cpuUs(r.Vfsd.CPUPerOp), off[4]})...)
 		fmt.Fprintln(tw, strings.Join(cols, "\t")+"\t")
 	}
 	tw.Flush()

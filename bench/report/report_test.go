@@ -80,6 +80,49 @@ func TestTables(t *testing.T) {
 	}
 }
 
+// The repeats column pairs run i with run i, and is blank once a run of
+// either side failed (its runs no longer line up).
+func TestRunRatios(t *testing.T) {
+	agg := func(ops ...float64) *Agg {
+		a := &Agg{}
+		for _, o := range ops {
+			a.Add(run(o, time.Microsecond, time.Microsecond))
+		}
+		a.Finish()
+		return a
+	}
+	row := &Row{Workload: "lookup", Depth: 1, Queues: 1, Vfsd: agg(300, 100, 200), Ref: agg(100, 100, 50),
+		Plain: agg(300, 50, 250)}
+	row.Ratios()
+	if row.OpsRatio != 2 || row.OpsRatioRange != [2]float64{1, 4} {
+		t.Fatalf("ops ratio %v, range %v", row.OpsRatio, row.OpsRatioRange)
+	}
+	if row.RecoveryRatioRange != [2]float64{0.8, 2} {
+		t.Fatalf("recovery range %v", row.RecoveryRatioRange)
+	}
+	var b bytes.Buffer
+	WriteHostTable(&b, []*Row{row})
+	if s := b.String(); !strings.Contains(s, "repeats") || !strings.Contains(s, "1.00–4.00") {
+		t.Errorf("host table:\n%s", s)
+	}
+	b.Reset()
+	WriteRecoveryTable(&b, []*Row{row})
+	if s := b.String(); !strings.Contains(s, "0.80–2.00") {
+		t.Errorf("recovery table:\n%s", s)
+	}
+	row.Ref.Fail(errors.New("daemon died"))
+	row.Plain = agg(300, 50)
+	row.Ratios()
+	if row.OpsRatio != 2 || row.OpsRatioRange != ([2]float64{}) || row.RecoveryRatioRange != ([2]float64{}) {
+		t.Fatalf("after a failed run: ratio %v, ranges %v %v", row.OpsRatio, row.OpsRatioRange, row.RecoveryRatioRange)
+	}
+	b.Reset()
+	WriteRecoveryTable(&b, []*Row{row})
+	if s := b.String(); strings.Contains(s, "–") {
+		t.Errorf("range shown for unpaired runs:\n%s", s)
+	}
+}
+
 func TestFormat(t *testing.T) {
 	for d, want := range map[time.Duration]string{0: "-", 850: "850ns", 12300: "12.3µs", 456000: "456µs",
 		4560000: "4.56ms", 1230 * time.Millisecond: "1.23s"} {
