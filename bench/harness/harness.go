@@ -225,6 +225,7 @@ func Run(ctx context.Context, o Options) (*report.Report, error) {
 	// Write back what the share (and the build before the run) left
 	// dirty now, not in the kernel's flusher threads during the first rows.
 	unix.Sync()
+	rep.Machine.BusyStart = cpuBusy(time.Second)
 	sockDir, err := os.MkdirTemp("", "vfsd-bench-sock-")
 	if err != nil {
 		return nil, err
@@ -496,11 +497,16 @@ func writeOutputs(o Options, rep *report.Report) error {
 
 func writeText(w io.Writer, rep *report.Report, guestBoots int) {
 	m := rep.Machine
-	fmt.Fprintf(w, "\nvfsd benchmark, %s, %v; kernel %s, %d CPUs, load average %.2f at start, %.2f at end\n",
-		rep.Started.Format(time.RFC3339), rep.Elapsed.Round(time.Second), m.Kernel, m.CPUs, m.LoadStart, m.LoadEnd)
+	busy := "unknown"
+	if m.BusyStart >= 0 {
+		busy = fmt.Sprintf("%.0f%%", 100*m.BusyStart)
+	}
+	fmt.Fprintf(w, "\nvfsd benchmark, %s, %v; kernel %s, %d CPUs, load average %.2f at start, %.2f at end; CPUs busy before the first run: %s\n",
+		rep.Started.Format(time.RFC3339), rep.Elapsed.Round(time.Second), m.Kernel, m.CPUs, m.LoadStart, m.LoadEnd, busy)
 	fmt.Fprintf(w, "vfsd: %s %s; reference: %s\n", m.VfsdBin, m.VfsdVersion, m.RefBin)
-	if m.LoadStart > float64(m.CPUs)/2 || m.LoadEnd > float64(m.CPUs)/2 {
-		fmt.Fprintf(w, "CAVEAT: the machine was loaded (load average above half the CPUs): numbers are indicative only\n")
+	if m.BusyStart > busyCaveat {
+		fmt.Fprintf(w, "CAVEAT: other work kept %.0f%% of the CPUs busy in the second before the first run: numbers are indicative only\n",
+			100*m.BusyStart)
 	}
 	if len(rep.Host) > 0 {
 		fmt.Fprintf(w, "\nHost workloads through the project's vhost-user frontend (ops/s: median of the repeats; latency percentiles: all samples pooled;\n")
@@ -590,6 +596,51 @@ func machine(o Options) report.Machine {
 		m.VfsdVersion = "(tree at " + strings.TrimSpace(string(out)) + ")"
 	}
 	return m
+}
+
+// busyCaveat is the share of the CPUs busy before the first run above
+// which the table warns that something else was running.
+const busyCaveat = 0.25
+
+// cpuBusy samples /proc/stat over d and returns the share of all CPUs that
+// was not idle (idle and iowait count as idle), or -1.
+func cpuBusy(d time.Duration) float64 {
+	read := func() (busy, total uint64, ok bool) {
+		b, err := os.ReadFile("/proc/stat")
+		if err != nil {
+			return 0, 0, false
+		}
+		return parseCPUStat(string(b))
+	}
+	b0, t0, ok0 := read()
+	time.Sleep(d)
+	b1, t1, ok1 := read()
+	if !ok0 || !ok1 || t1 <= t0 {
+		return -1
+	}
+	return float64(b1-b0) / float64(t1-t0)
+}
+
+// parseCPUStat reads the aggregate "cpu" line of /proc/stat: the ticks
+// spent busy and in total (guest time is already inside user and nice).
+func parseCPUStat(stat string) (busy, total uint64, ok bool) {
+	line, _, _ := strings.Cut(stat, "\n")
+	f := strings.Fields(line)
+	if len(f) < 5 || f[0] != "cpu" {
+		return 0, 0, false
+	}
+	var v [8]uint64 // user nice system idle iowait irq softirq steal
+	for i := 1; i < len(f) && i <= len(v); i++ {
+		n, err := strconv.ParseUint(f[i], 10, 64)
+		if err != nil {
+			return 0, 0, false
+		}
+		v[i-1] = n
+	}
+	for _, n := range v {
+		total += n
+	}
+	return total - v[3] - v[4], total, true
 }
 
 func loadAvg() float64 {

@@ -115,6 +115,9 @@ func TestHarnessTiny(t *testing.T) {
 	if len(back.Host) != 6 || len(back.Polled) != 1 || back.Host[0].Vfsd.Samples == 0 || len(back.Host[0].Vfsd.Hist) == 0 {
 		t.Fatalf("JSON round trip lost rows or samples")
 	}
+	if b := back.Machine.BusyStart; b < 0 || b > 1 {
+		t.Errorf("cpu_busy_start %v, want a share of the CPUs", b)
+	}
 	for _, w := range ws {
 		fi, err := os.Stat(filepath.Join(out, "latency-"+w.Name+".png"))
 		if err != nil || fi.Size() < 1000 {
@@ -134,5 +137,17 @@ func TestHarnessTiny(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(out, "table.txt")); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestParseCPUStat(t *testing.T) {
+	busy, total, ok := parseCPUStat("cpu  100 5 50 800 40 3 2 0 7 0\ncpu0 50 2 25 400 20 1 1 0 3 0\n")
+	if !ok || total != 1000 || busy != 160 {
+		t.Fatalf("busy %d of %d (ok %v), want 160 of 1000", busy, total, ok)
+	}
+	for _, bad := range []string{"", "intr 1 2 3", "cpu 1 2 x 4 5", "cpu 1 2"} {
+		if _, _, ok := parseCPUStat(bad); ok {
+			t.Errorf("parsed %q", bad)
+		}
 	}
 }

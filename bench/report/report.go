@@ -32,10 +32,14 @@ type Report struct {
 
 // Machine describes where the numbers come from.
 type Machine struct {
-	Kernel      string  `json:"kernel"`
-	CPUs        int     `json:"cpus"`
-	LoadStart   float64 `json:"loadavg1_start"`
-	LoadEnd     float64 `json:"loadavg1_end"`
+	Kernel    string  `json:"kernel"`
+	CPUs      int     `json:"cpus"`
+	LoadStart float64 `json:"loadavg1_start"`
+	LoadEnd   float64 `json:"loadavg1_end"`
+	// BusyStart is the share of all CPUs that was busy in the second
+	// before the first run (from /proc/stat; -1 when unreadable): the load
+	// average still holds the build that comes before a run.
+	BusyStart   float64 `json:"cpu_busy_start"`
 	VfsdBin     string  `json:"vfsd_bin"`
 	VfsdVersion string  `json:"vfsd_commit,omitempty"`
 	RefBin      string  `json:"ref_bin"`
