@@ -210,7 +210,7 @@ func ratioRange(r [2]float64) string {
 	if r[0] <= 0 {
 		return "-"
 	}
-	return fmt.Sprintf("%.2f–%.2f", r[0], r[1])
+	return ratio(r[0]) + "–" + ratio(r[1])
 }
 
 // Profile is the CPU profile of vfsd under one workload.
