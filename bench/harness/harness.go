@@ -62,6 +62,11 @@ type Options struct {
 	ProfileSeconds int
 	ProfileTop     int
 	Plots          bool
+	// Memory measures both daemons' memory (hostload.MeasureMemory),
+	// Repeat times each, after the host rows; MemoryKernel adds the
+	// kernel memory they pin (drops the machine's dentry and inode caches;
+	// root only).
+	Memory, MemoryKernel bool
 
 	Guest     bool
 	GuestOpts guestfio.Options
@@ -93,6 +98,8 @@ type Settings struct {
 	GuestCaches    []string      `json:"guest_caches,omitempty"`
 	GuestRuntime   time.Duration `json:"guest_runtime_ns,omitempty"`
 	GuestBoots     int           `json:"guest_boots,omitempty"`
+	Memory         bool          `json:"memory"`
+	MemoryKernel   bool          `json:"memory_kernel,omitempty"`
 	ProfileSeconds int           `json:"profile_seconds,omitempty"`
 }
 
@@ -131,6 +138,9 @@ func (o *Options) plannedRuns(profile bool) (daemonRuns, floorRuns, profRuns int
 		profRuns = len(o.Workloads)
 	}
 	daemonRuns += 2 * o.Repeat * len(o.polled())
+	if o.Memory {
+		daemonRuns += 2 * o.Repeat
+	}
 	return
 }
 
@@ -361,6 +371,12 @@ func Run(ctx context.Context, o Options) (*report.Report, error) {
 		noteErrors(rep, row)
 	}
 
+	if o.Memory {
+		if !measureMemory(ctx, o, rep, pr, share, sockDir) {
+			return finish()
+		}
+	}
+
 	if o.Guest && ctx.Err() == nil {
 		g := o.GuestOpts
 		g.VfsdBin, g.RefBin = o.VfsdBin, o.RefBin
@@ -373,6 +389,42 @@ func Run(ctx context.Context, o Options) (*report.Report, error) {
 		}
 	}
 	return finish()
+}
+
+// measureMemory fills rep.Memory: both daemons, o.Repeat times each, the
+// order alternating; false when ctx ended.
+func measureMemory(ctx context.Context, o Options, rep *report.Report, pr *progress, share *hostload.Share, sockDir string) bool {
+	m := &report.Memory{Vfsd: &report.MemAgg{}, Ref: &report.MemAgg{}, Kernel: o.MemoryKernel}
+	rep.Memory = m
+	kinds := []daemon.Kind{daemon.Vfsd, daemon.Virtiofsd}
+	for rep1 := 1; rep1 <= o.Repeat; rep1++ {
+		for i := range kinds {
+			k := kinds[(i+rep1-1)%len(kinds)]
+			if ctx.Err() != nil {
+				return false
+			}
+			pr.done++
+			pr.line("memory: %s, %d nodes known (%d/%d)", k, share.DirEntries, rep1, o.Repeat)
+			agg, bin := m.Vfsd, o.VfsdBin
+			if k == daemon.Virtiofsd {
+				agg, bin = m.Ref, o.RefBin
+			}
+			res, err := hostload.MeasureMemory(ctx, hostload.MemConfig{Kind: k, Bin: bin, Cache: o.Cache, Share: share,
+				SockDir: sockDir, ReaddirSize: o.ReaddirSize, Kernel: o.MemoryKernel})
+			if err != nil {
+				if ctx.Err() != nil {
+					return false
+				}
+				agg.Fail(err)
+				pr.line("  FAILED: %s", firstLine(err))
+				rep.Notes = append(rep.Notes, fmt.Sprintf("memory %s: run failed: %s", k, firstLine(err)))
+				continue
+			}
+			agg.Add(res)
+		}
+	}
+	m.Finish(rep.Host)
+	return true
 }
 
 func maxDepth(ds []int) int {
@@ -546,6 +598,17 @@ func writeText(w io.Writer, rep *report.Report, guestBoots int) {
 		}
 		fmt.Fprintf(w, "\nvfsd CPU profile, %s depth=%d (%s):\n%s", p.Workload, p.Depth, p.File, p.Text)
 	}
+	if m := rep.Memory; m != nil {
+		kernel := "not measured (needs root: it drops the dentry and inode caches)"
+		if m.Kernel {
+			kernel = "slab objects still in use after dropping the reclaimable dentry and inode caches (an open fd pins its file, dentry and inode)"
+		}
+		fmt.Fprintf(w, "\nMemory (median of the runs): PSS of the daemon's processes, guest RAM left out (files: the part in binary and library\n")
+		fmt.Fprintf(w, "pages, which the kernel can drop and read again); idle after INIT, and after READDIRPLUS handed out every entry of the\n")
+		fmt.Fprintf(w, "big directory, nothing forgotten. Per node: user = PSS growth, kernel = %s.\n", kernel)
+		fmt.Fprintf(w, "Target: per node known, user + kernel <= 1.0x the reference (a guest walking a large tree)\n\n")
+		report.WriteMemoryTable(w, m)
+	}
 	if len(rep.Guest) > 0 {
 		boots := "one boot per daemon and cache mode"
 		if n := max(guestBoots, 1); n > 1 {
@@ -566,7 +629,8 @@ func writeText(w io.Writer, rep *report.Report, guestBoots int) {
 func (o *Options) settings() Settings {
 	s := Settings{Depths: o.Depths, VfsdQueues: o.VfsdQueues, RecoveryCost: o.RecoveryCost, Repeat: o.Repeat, Warmup: o.Warmup,
 		Duration: o.Duration, Cache: o.Cache, FileSize: o.FileSize, DirEntries: o.DirEntries,
-		ReaddirSize: o.ReaddirSize, ClientPoll: o.ClientPoll, ShareDir: o.ShareDir, Guest: o.Guest}
+		ReaddirSize: o.ReaddirSize, ClientPoll: o.ClientPoll, ShareDir: o.ShareDir, Guest: o.Guest,
+		Memory: o.Memory, MemoryKernel: o.Memory && o.MemoryKernel}
 	for _, w := range o.Workloads {
 		s.Workloads = append(s.Workloads, w.Name)
 	}

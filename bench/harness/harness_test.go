@@ -59,7 +59,7 @@ func TestHarnessTiny(t *testing.T) {
 		Warmup: 100 * time.Millisecond, Duration: 250 * time.Millisecond, Cache: "auto", FileSize: 2 << 20,
 		DirEntries: 200, ReaddirSize: 4096, OutDir: out, Floor: true, Profile: true, ProfileSeconds: 1,
 		ProfileTop: 5, Plots: true, Out: &table, Progress: &prog,
-		Polled: ws[:1], PolledClientPoll: 20 * time.Microsecond}
+		Polled: ws[:1], PolledClientPoll: 20 * time.Microsecond, Memory: true}
 	rep, err := Run(context.Background(), o)
 	if err != nil {
 		t.Fatal(err)
@@ -88,6 +88,14 @@ func TestHarnessTiny(t *testing.T) {
 		len(r.Ref.Runs) != 2 || r.OpsRatio <= 0 {
 		t.Fatalf("polled row: %+v", r)
 	}
+	// Memory: both daemons, both runs, every entry known, footprints of
+	// the host runs found (no kernel part: a unit test must not drop the
+	// machine's caches).
+	m := rep.Memory
+	if m == nil || len(m.Vfsd.Runs) != 2 || len(m.Ref.Runs) != 2 || m.Vfsd.Inodes != 200 || m.Ref.Inodes != 200 ||
+		m.IdleRatio <= 0 || m.Vfsd.HostMax == 0 || m.Ref.HostMax == 0 || m.Kernel {
+		t.Fatalf("memory: %+v", m)
+	}
 	for _, n := range rep.Notes {
 		if strings.Contains(n, "failed") {
 			t.Errorf("note: %s", n)
@@ -95,13 +103,14 @@ func TestHarnessTiny(t *testing.T) {
 	}
 	txt := table.String()
 	for _, want := range []string{"vfsd ops/s", "readdirplus", "floor ops/s", "results: " + out,
-		"Depth 1 with a frontend that polls the used ring up to 20µs"} {
+		"Depth 1 with a frontend that polls the used ring up to 20µs", "Memory (median of the runs)", "vfsd/ref"} {
 		if !strings.Contains(txt, want) {
 			t.Errorf("table lacks %q", want)
 		}
 	}
 	if !strings.Contains(prog.String(), "getattr depth=4 queues=2 vfsd (2/2)") ||
-		!strings.Contains(prog.String(), "getattr depth=1 queues=1 virtiofsd, client polls 20µs (2/2)") {
+		!strings.Contains(prog.String(), "getattr depth=1 queues=1 virtiofsd, client polls 20µs (2/2)") ||
+		!strings.Contains(prog.String(), "memory: virtiofsd, 200 nodes known (2/2)") {
 		t.Errorf("progress lines lack a run:\n%s", prog.String())
 	}
 	b, err := os.ReadFile(filepath.Join(out, "results.json"))
@@ -112,7 +121,8 @@ func TestHarnessTiny(t *testing.T) {
 	if err := json.Unmarshal(b, &back); err != nil {
 		t.Fatal(err)
 	}
-	if len(back.Host) != 6 || len(back.Polled) != 1 || back.Host[0].Vfsd.Samples == 0 || len(back.Host[0].Vfsd.Hist) == 0 {
+	if len(back.Host) != 6 || len(back.Polled) != 1 || back.Host[0].Vfsd.Samples == 0 || len(back.Host[0].Vfsd.Hist) == 0 ||
+		back.Memory == nil || back.Memory.Vfsd.IdlePSS == 0 {
 		t.Fatalf("JSON round trip lost rows or samples")
 	}
 	if b := back.Machine.BusyStart; b < 0 || b > 1 {

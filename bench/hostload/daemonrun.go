@@ -61,52 +61,13 @@ func RunDaemon(ctx context.Context, c DaemonConfig) (res Result, err error) {
 	if err := c.Share.CleanNew(); err != nil {
 		return res, err
 	}
-	sockDir := c.SockDir
-	if sockDir == "" {
-		if sockDir, err = os.MkdirTemp("", "vfsd-bench-sock-"); err != nil {
-			return res, err
-		}
-		defer os.RemoveAll(sockDir)
-	}
-	sock := filepath.Join(sockDir, fmt.Sprintf("%s-%d.sock", c.Kind, sockSeq.Add(1)))
-	os.Remove(sock)
-	dc := daemon.Config{Kind: c.Kind, Bin: c.Bin, Socket: sock, SharedDir: c.Share.Dir, Cache: c.Cache, Extra: c.Extra}
-	if c.Kind == daemon.Vfsd && c.Queues > 1 {
-		dc.RequestQueues = c.Queues
-	}
-	d, err := daemon.Start(dc)
-	if err != nil {
-		return res, err
-	}
-	var fe *frontend.Frontend
-	defer func() {
-		if fe != nil {
-			fe.Close()
-		}
-		if !d.Wait(5*time.Second) && err == nil {
-			err = fmt.Errorf("hostload: %s did not exit after the frontend hung up", c.Kind)
-		}
-		os.Remove(sock)
-		if err != nil {
-			err = fmt.Errorf("%w\n--- %s output (last 2000 bytes):\n%s", err, c.Kind, tail(d.Output(), 2000))
-		}
-	}()
 	n := c.Depth * c.Queues
-	memSize := uint64(n)*uint64(max(c.Workload.Size, c.ReaddirSize, 64<<10)+16<<10) + 32<<20
-	qsize := 256
-	for qsize < 8*c.Depth {
-		qsize *= 2
-	}
-	fe, err = frontend.Dial(sock, frontend.Options{Mem: frontend.MemOptions{Size: memSize}, QueueSize: qsize,
-		RequestQueues: c.Queues, PollCompletions: c.ClientPoll})
+	s, err := startSession(ctx, c, n, max(c.Workload.Size, c.ReaddirSize, 64<<10))
 	if err != nil {
 		return res, err
 	}
-	cl := fuseclient.New(fe, fuseclient.Options{Depth: c.Depth})
-	init, err := cl.Init(ctx, 0)
-	if err != nil {
-		return res, fmt.Errorf("INIT: %w", err)
-	}
+	defer func() { err = s.stop(err) }()
+	cl, init := s.cl, s.init
 	if w := c.Workload; w.IsIO() {
 		if w.Write && w.Size > int(init.MaxWrite) {
 			return res, fmt.Errorf("hostload: %s: %d bytes exceed the daemon's max_write %d", w.Name, w.Size, init.MaxWrite)
@@ -119,6 +80,7 @@ func RunDaemon(ctx context.Context, c DaemonConfig) (res Result, err error) {
 	if err != nil {
 		return res, err
 	}
+	d := s.d
 	dcfg := driveConfig{Warmup: c.Warmup, Duration: c.Duration, CPU: d.CPUTime}
 	if c.During != nil {
 		dcfg.During = func(ctx context.Context) { c.During(ctx, d) }
@@ -130,9 +92,90 @@ func RunDaemon(ctx context.Context, c DaemonConfig) (res Result, err error) {
 		case <-d.Done():
 			err = fmt.Errorf("hostload: %s exited during the run: %v", c.Kind, d.ExitErr())
 		default:
+			if m, merr := d.Memory(frontend.MemfdName); merr == nil {
+				res.MemPSS = m.PSS
+			}
 		}
 	}
 	return res, err
+}
+
+// session is a started daemon with a connected frontend and an initialised
+// FUSE client.
+type session struct {
+	kind daemon.Kind
+	d    *daemon.Daemon
+	fe   *frontend.Frontend
+	cl   *fuseclient.Client
+	init fuseclient.InitOut
+	sock string
+	rm   string // a socket directory to remove at stop
+}
+
+// startSession starts c's daemon on c.Share, connects a frontend with guest
+// RAM for n requests of up to size bytes in flight and sends INIT. On error
+// nothing is left running.
+func startSession(ctx context.Context, c DaemonConfig, n, size int) (s *session, err error) {
+	s = &session{kind: c.Kind}
+	sockDir := c.SockDir
+	if sockDir == "" {
+		if sockDir, err = os.MkdirTemp("", "vfsd-bench-sock-"); err != nil {
+			return nil, err
+		}
+		s.rm = sockDir
+	}
+	s.sock = filepath.Join(sockDir, fmt.Sprintf("%s-%d.sock", c.Kind, sockSeq.Add(1)))
+	os.Remove(s.sock)
+	dc := daemon.Config{Kind: c.Kind, Bin: c.Bin, Socket: s.sock, SharedDir: c.Share.Dir, Cache: c.Cache, Extra: c.Extra}
+	if c.Kind == daemon.Vfsd && c.Queues > 1 {
+		dc.RequestQueues = c.Queues
+	}
+	if s.d, err = daemon.Start(dc); err != nil {
+		if s.rm != "" {
+			os.RemoveAll(s.rm)
+		}
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			err = s.stop(err)
+			s = nil
+		}
+	}()
+	memSize := uint64(n)*uint64(size+16<<10) + 32<<20
+	qsize := 256
+	for qsize < 8*c.Depth {
+		qsize *= 2
+	}
+	s.fe, err = frontend.Dial(s.sock, frontend.Options{Mem: frontend.MemOptions{Size: memSize}, QueueSize: qsize,
+		RequestQueues: c.Queues, PollCompletions: c.ClientPoll})
+	if err != nil {
+		return s, err
+	}
+	s.cl = fuseclient.New(s.fe, fuseclient.Options{Depth: c.Depth})
+	if s.init, err = s.cl.Init(ctx, 0); err != nil {
+		return s, fmt.Errorf("INIT: %w", err)
+	}
+	return s, nil
+}
+
+// stop hangs up, waits for the daemon to exit (it must on hang-up) and
+// returns err, or the failure to exit, with the daemon's last output.
+func (s *session) stop(err error) error {
+	if s.fe != nil {
+		s.fe.Close()
+	}
+	if !s.d.Wait(5*time.Second) && err == nil {
+		err = fmt.Errorf("hostload: %s did not exit after the frontend hung up", s.kind)
+	}
+	os.Remove(s.sock)
+	if s.rm != "" {
+		os.RemoveAll(s.rm)
+	}
+	if err != nil {
+		err = fmt.Errorf("%w\n--- %s output (last 2000 bytes):\n%s", err, s.kind, tail(s.d.Output(), 2000))
+	}
+	return err
 }
 
 func tail(s string, n int) string {

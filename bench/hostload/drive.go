@@ -32,6 +32,9 @@ type Result struct {
 	// the operations it covered.
 	CPU      time.Duration `json:"cpu_ns"`
 	CPUPerOp time.Duration `json:"cpu_per_op_ns"`
+	// MemPSS is the daemon tree's proportional set size at the end of the
+	// window, guest RAM left out (daemon runs; 0 when unreadable).
+	MemPSS uint64 `json:"mem_pss_bytes,omitempty"`
 	// MaxWrite and Minor are the daemon's INIT answer (daemon runs).
 	MaxWrite uint32 `json:"max_write,omitempty"`
 	Minor    uint32 `json:"minor,omitempty"`

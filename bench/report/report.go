@@ -25,6 +25,7 @@ type Report struct {
 	// replies before sleeping (harness Options.Polled).
 	Polled   []*Row      `json:"host_polled_client,omitempty"`
 	Profiles []*Profile  `json:"profiles,omitempty"`
+	Memory   *Memory     `json:"memory,omitempty"`
 	Guest    []*GuestRow `json:"guest,omitempty"`
 	// Notes are things the reader must know: skipped parts, failed runs.
 	Notes []string `json:"notes,omitempty"`

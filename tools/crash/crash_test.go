@@ -272,7 +272,8 @@ func TestRandomKills(t *testing.T) {
 	kills, duringResume, inflight := 0, 0, 0
 	lastQuick := false
 	start := time.Now()
-	limit := 150 * time.Second
+	// About 200 ms per kill on 2 cores; the default 200 take about 40 s.
+	limit := max(150*time.Second, time.Duration(want)*300*time.Millisecond)
 	lastPID := 0
 	var killErr error
 	for kills < want && time.Since(start) < limit {

@@ -36,6 +36,10 @@ type region struct {
 	firstPage int    // index of the region's first page in the allocator
 }
 
+// MemfdName names the memfd of guest RAM; a backend's mapping of it shows in
+// /proc/PID/smaps as "/memfd:vfsd-guest-ram (deleted)".
+const MemfdName = "vfsd-guest-ram"
+
 // Memory is guest RAM: one memfd, mapped shared into this process as one
 // mapping per region, plus a first-fit page allocator. Safe for concurrent
 // use.
@@ -66,7 +70,7 @@ func NewMemory(o MemOptions) (*Memory, error) {
 	if pages < o.Regions {
 		return nil, fmt.Errorf("frontend: %d bytes of RAM for %d regions", o.Size, o.Regions)
 	}
-	fd, err := unix.MemfdCreate("vfsd-guest-ram", unix.MFD_CLOEXEC)
+	fd, err := unix.MemfdCreate(MemfdName, unix.MFD_CLOEXEC)
 	if err != nil {
 		return nil, fmt.Errorf("memfd_create: %w", err)
 	}

@@ -65,6 +65,8 @@ func main() {
 	flag.IntVar(&o.ProfileSeconds, "profile-seconds", 2, "length of each CPU profile")
 	flag.IntVar(&o.ProfileTop, "profile-top", 12, "functions shown per profile")
 	flag.BoolVar(&o.Plots, "plots", true, "latency CDF plots (PNG) per workload")
+	flag.BoolVar(&o.Memory, "memory", true, "measure both daemons' memory, idle and with every entry of the big directory known")
+	memKernel := flag.Bool("memory-kernel", true, "with -memory, also the kernel memory the daemons pin (root: drops the machine's dentry and inode caches)")
 	flag.BoolVar(&o.Guest, "guest", guestOK, "in-guest fio on both daemons (default: on when the kernel and initramfs are built)")
 	guestJobs := flag.String("guest-jobs", strings.Join(guestfio.Jobs, ","), "guest jobs")
 	guestCaches := flag.String("guest-caches", "auto,never", "guest cache modes")
@@ -86,6 +88,7 @@ func main() {
 	if o.Depths, err = parseInts(*depths); err != nil {
 		usage(fmt.Errorf("-depths: %w", err))
 	}
+	o.MemoryKernel = o.Memory && *memKernel && hostload.CanDropCaches()
 	if o.Repeat < 1 || o.Duration <= 0 || o.Warmup < 0 || *fileMiB < 1 || o.DirEntries < 1 || o.ProfileSeconds < 1 {
 		usage(fmt.Errorf("-repeat, -duration, -file-mib, -dir-entries and -profile-seconds must be positive"))
 	}
