@@ -254,45 +254,38 @@ func Run(ctx context.Context, o Options) (*report.Report, error) {
 	// measureRow runs the kinds of daemon for row, interleaved, o.Repeat
 	// times, and finishes it; false when ctx ended.
 	measureRow := func(row *report.Row, w hostload.Workload, c config, kinds []string, clientPoll time.Duration, tag string) bool {
-		for rep1 := 1; rep1 <= o.Repeat; rep1++ {
-			for i := range kinds {
-				// Each repetition starts with the next kind (ABC, BCA,
-				// CAB): no daemon always runs first, right after the
-				// previous row or in the run's first seconds.
-				name := kinds[(i+rep1-1)%len(kinds)]
-				if ctx.Err() != nil {
-					return false
-				}
-				pr.done++
-				label := name
-				if name == "plain" {
-					label = "vfsd --no-supervisor"
-				}
-				pr.line("%s depth=%d queues=%d %s%s (%d/%d)", w.Name, c.depth, c.queues, label, tag, rep1, o.Repeat)
-				k, agg, bin := daemon.Vfsd, row.Vfsd, o.VfsdBin
-				var extra []string
-				switch name {
-				case "virtiofsd":
-					k, agg, bin = daemon.Virtiofsd, row.Ref, o.RefBin
-				case "plain":
-					agg, extra = row.Plain, []string{"--no-supervisor"}
-				}
-				res, err := hostload.RunDaemon(ctx, hostload.DaemonConfig{Kind: k, Bin: bin, Cache: o.Cache,
-					Workload: w, Depth: c.depth, Queues: c.queues, Warmup: o.Warmup, Duration: o.Duration,
-					Share: share, SockDir: sockDir, ReaddirSize: o.ReaddirSize, ClientPoll: clientPoll, Extra: extra})
-				if err != nil {
-					if ctx.Err() != nil {
-						return false
-					}
+		ok := interleave(ctx, o.Repeat, kinds, func(name string, rep1 int) {
+			pr.done++
+			label := name
+			if name == "plain" {
+				label = "vfsd --no-supervisor"
+			}
+			pr.line("%s depth=%d queues=%d %s%s (%d/%d)", w.Name, c.depth, c.queues, label, tag, rep1, o.Repeat)
+			k, agg, bin := daemon.Vfsd, row.Vfsd, o.VfsdBin
+			var extra []string
+			switch name {
+			case "virtiofsd":
+				k, agg, bin = daemon.Virtiofsd, row.Ref, o.RefBin
+			case "plain":
+				agg, extra = row.Plain, []string{"--no-supervisor"}
+			}
+			res, err := hostload.RunDaemon(ctx, hostload.DaemonConfig{Kind: k, Bin: bin, Cache: o.Cache,
+				Workload: w, Depth: c.depth, Queues: c.queues, Warmup: o.Warmup, Duration: o.Duration,
+				Share: share, SockDir: sockDir, ReaddirSize: o.ReaddirSize, ClientPoll: clientPoll, Extra: extra})
+			if err != nil {
+				if ctx.Err() == nil {
 					agg.Fail(err)
 					pr.line("  FAILED: %s", firstLine(err))
-					continue
 				}
-				if res.Errors > 0 {
-					pr.line("  %d of %d operations failed, first: %s", res.Errors, res.Ops, res.FirstError)
-				}
-				agg.Add(res)
+				return
 			}
+			if res.Errors > 0 {
+				pr.line("  %d of %d operations failed, first: %s", res.Errors, res.Ops, res.FirstError)
+			}
+			agg.Add(res)
+		})
+		if !ok {
+			return false
 		}
 		row.Vfsd.Finish()
 		if row.Ref != nil {
@@ -397,34 +390,46 @@ func measureMemory(ctx context.Context, o Options, rep *report.Report, pr *progr
 	m := &report.Memory{Vfsd: &report.MemAgg{}, Ref: &report.MemAgg{}, Kernel: o.MemoryKernel}
 	rep.Memory = m
 	kinds := []daemon.Kind{daemon.Vfsd, daemon.Virtiofsd}
-	for rep1 := 1; rep1 <= o.Repeat; rep1++ {
-		for i := range kinds {
-			k := kinds[(i+rep1-1)%len(kinds)]
-			if ctx.Err() != nil {
-				return false
-			}
-			pr.done++
-			pr.line("memory: %s, %d nodes known (%d/%d)", k, share.DirEntries, rep1, o.Repeat)
-			agg, bin := m.Vfsd, o.VfsdBin
-			if k == daemon.Virtiofsd {
-				agg, bin = m.Ref, o.RefBin
-			}
-			res, err := hostload.MeasureMemory(ctx, hostload.MemConfig{Kind: k, Bin: bin, Cache: o.Cache, Share: share,
-				SockDir: sockDir, ReaddirSize: o.ReaddirSize, Kernel: o.MemoryKernel})
-			if err != nil {
-				if ctx.Err() != nil {
-					return false
-				}
+	ok := interleave(ctx, o.Repeat, kinds, func(k daemon.Kind, rep1 int) {
+		pr.done++
+		pr.line("memory: %s, %d nodes known (%d/%d)", k, share.DirEntries, rep1, o.Repeat)
+		agg, bin := m.Vfsd, o.VfsdBin
+		if k == daemon.Virtiofsd {
+			agg, bin = m.Ref, o.RefBin
+		}
+		res, err := hostload.MeasureMemory(ctx, hostload.MemConfig{Kind: k, Bin: bin, Cache: o.Cache, Share: share,
+			SockDir: sockDir, ReaddirSize: o.ReaddirSize, Kernel: o.MemoryKernel})
+		if err != nil {
+			if ctx.Err() == nil {
 				agg.Fail(err)
 				pr.line("  FAILED: %s", firstLine(err))
 				rep.Notes = append(rep.Notes, fmt.Sprintf("memory %s: run failed: %s", k, firstLine(err)))
-				continue
 			}
-			agg.Add(res)
+			return
 		}
+		agg.Add(res)
+	})
+	if !ok {
+		return false
 	}
 	m.Finish(rep.Host)
 	return true
+}
+
+// interleave calls run for every kind, repeat times. Each repetition starts
+// with the next kind (ABC, BCA, CAB): no daemon always runs first, right
+// after the previous row or in the run's first seconds. False when ctx
+// ended.
+func interleave[K any](ctx context.Context, repeat int, kinds []K, run func(k K, rep int)) bool {
+	for rep := 1; rep <= repeat; rep++ {
+		for i := range kinds {
+			if ctx.Err() != nil {
+				return false
+			}
+			run(kinds[(i+rep-1)%len(kinds)], rep)
+		}
+	}
+	return ctx.Err() == nil
 }
 
 func maxDepth(ds []int) int {

@@ -18,12 +18,7 @@ import (
 
 // vfsdBin is $VFSD_BIN, else a fresh build of ./cmd/vfsd.
 func vfsdBin(t *testing.T) string {
-	if b := os.Getenv("VFSD_BIN"); b != "" {
-		if _, err := os.Stat(b); err == nil {
-			return b
-		}
-	}
-	b, err := daemon.BuildVfsd(t.TempDir())
+	b, err := daemon.VfsdFromEnv(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}

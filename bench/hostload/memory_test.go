@@ -49,10 +49,7 @@ func TestMeasureMemory(t *testing.T) {
 // testVfsdBin is $VFSD_BIN, else a fresh build of ./cmd/vfsd.
 func testVfsdBin(t *testing.T) string {
 	t.Helper()
-	if b := os.Getenv("VFSD_BIN"); b != "" {
-		return b
-	}
-	b, err := daemon.BuildVfsd(t.TempDir())
+	b, err := daemon.VfsdFromEnv(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -412,6 +412,17 @@ func ModuleRoot() (string, error) {
 	return filepath.Dir(mod), nil
 }
 
+// VfsdFromEnv returns $VFSD_BIN when it names a file (a binary built
+// beforehand, as make test does), else a fresh BuildVfsd into dir.
+func VfsdFromEnv(dir string) (string, error) {
+	if b := os.Getenv("VFSD_BIN"); b != "" {
+		if _, err := os.Stat(b); err == nil {
+			return b, nil
+		}
+	}
+	return BuildVfsd(dir)
+}
+
 // BuildVfsd builds ./cmd/vfsd (static) into dir and returns the binary's path.
 func BuildVfsd(dir string) (string, error) {
 	root, err := ModuleRoot()
