@@ -181,10 +181,24 @@ func Run(ctx context.Context, o Options) ([]*report.GuestRow, []string, error) {
 				if r.Ref.P99 > 0 && r.Vfsd.P99 > 0 {
 					r.P99Ratio = float64(r.Vfsd.P99) / float64(r.Ref.P99)
 				}
+				if v, f := mean(r.Vfsd.BootsIOPS), mean(r.Ref.BootsIOPS); v > 0 && f > 0 {
+					r.MeanRatio = v / f
+				}
 			}
 		}
 	}
 	return rows, notes, nil
+}
+
+func mean(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	t := 0.0
+	for _, x := range v {
+		t += x
+	}
+	return t / float64(len(v))
 }
 
 // better folds boot value v into the best so far (nil: none yet): the one

@@ -139,6 +139,9 @@ func TestBestBoot(t *testing.T) {
 	if v.Error != "" || v.IOPS != 300 || v.P99 != 7 || !slices.Equal(v.BootsIOPS, []float64{100, 300, 200}) {
 		t.Fatalf("best of the boots: %+v", v)
 	}
+	if m := mean(v.BootsIOPS); m != 200 || mean(nil) != 0 {
+		t.Fatalf("mean of the boots %v", m)
+	}
 	if a, b := bootOrder(0+0), bootOrder(0+1); a[0] != b[1] {
 		t.Fatalf("rounds boot %v then %v, want the order swapped", a, b)
 	}

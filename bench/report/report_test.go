@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -74,8 +75,10 @@ func TestTables(t *testing.T) {
 	}
 	b.Reset()
 	WriteGuestTable(&b, []*GuestRow{{Job: "seqread-1m", Cache: "never", Vfsd: &GuestValue{IOPS: 50, MBPerSec: 52.4, P99: time.Millisecond},
-		Ref: &GuestValue{Error: "x"}}})
-	if s := b.String(); !strings.Contains(s, "52.4") || !strings.Contains(s, "FAILED") {
+		Ref: &GuestValue{Error: "x"}}, {Job: "dentry", Cache: "auto", Vfsd: &GuestValue{IOPS: 60}, Ref: &GuestValue{IOPS: 50},
+		Ratio: 1.2, MeanRatio: 0.87}})
+	if s := b.String(); !strings.Contains(s, "52.4") || !strings.Contains(s, "FAILED") || !strings.Contains(s, "mean ratio") ||
+		!regexp.MustCompile(`1\.20\s+0\.87`).MatchString(s) {
 		t.Errorf("guest table:\n%s", s)
 	}
 }
