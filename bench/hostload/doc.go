@@ -25,5 +25,11 @@
 //     looked up / getdents64 into a buffer for as many entries plus fstatat
 //     of each, seeking back to the start at the end
 //
+// MeasureMemory starts a daemon, samples its memory after INIT and again
+// after READDIRPLUS handed out every entry of the big directory (nothing
+// forgotten): user memory per node from the processes' PSS, kernel memory
+// per node from the slab objects still in use after dropping the
+// reclaimable caches (see memory.go), and fds per node.
+//
 // Nothing here asserts on timing: callers decide what the numbers mean.
 package hostload
