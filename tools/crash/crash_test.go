@@ -254,8 +254,12 @@ func finishWorkload(t *testing.T, e *Env, wl *workload) bool {
 // it is still replaying and resuming.
 func TestRandomKills(t *testing.T) {
 	want := envInt(t, "VFSD_CRASH_KILLS", 200)
+	// About 200 ms per kill on 2 cores: the default 200 take about 40 s.
+	// The test's context must outlast the kill loop by the workload's
+	// finish and the fd checks.
+	limit := max(150*time.Second, time.Duration(want)*300*time.Millisecond)
 	sd := seed(t)
-	e := Start(t, Options{RequestQueues: 3, Depth: 32, Timeout: 4 * time.Minute})
+	e := Start(t, Options{RequestQueues: 3, Depth: 32, Timeout: limit + 90*time.Second})
 	ctx := e.Ctx
 	xattrs := hostXattrs(t, e.Dir)
 	baseSup, baseWrk := e.fdBaseline(ctx)
@@ -272,8 +276,6 @@ func TestRandomKills(t *testing.T) {
 	kills, duringResume, inflight := 0, 0, 0
 	lastQuick := false
 	start := time.Now()
-	// About 200 ms per kill on 2 cores; the default 200 take about 40 s.
-	limit := max(150*time.Second, time.Duration(want)*300*time.Millisecond)
 	lastPID := 0
 	var killErr error
 	for kills < want && time.Since(start) < limit {

@@ -89,13 +89,25 @@ type syncBuffer struct {
 	b  bytes.Buffer
 }
 
+// outputKeep is how much of a daemon's output Output keeps: the last MiB
+// (between 1 and 1.5 MiB are held), since what went wrong is at the end of
+// a long run.
+const outputKeep = 1 << 20
+
 func (s *syncBuffer) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.b.Len() > 1<<20 {
-		return len(p), nil
+	s.b.Write(p)
+	if s.b.Len() > outputKeep+outputKeep/2 {
+		last := s.b.Bytes()[s.b.Len()-outputKeep:]
+		if i := bytes.IndexByte(last, '\n'); i >= 0 {
+			last = last[i+1:] // start at a whole line
+		}
+		var nb bytes.Buffer
+		nb.Write(last)
+		s.b = nb
 	}
-	return s.b.Write(p)
+	return len(p), nil
 }
 
 func (s *syncBuffer) String() string {
@@ -160,7 +172,7 @@ func Start(c Config) (*Daemon, error) {
 // PID returns the daemon's process id.
 func (d *Daemon) PID() int { return d.cmd.Process.Pid }
 
-// Output returns what the daemon printed so far (capped at 1 MiB).
+// Output returns what the daemon printed so far: its last MiB or so.
 func (d *Daemon) Output() string { return d.out.String() }
 
 // Done is closed when the daemon exited.

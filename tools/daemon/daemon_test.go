@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"os"
+	"strings"
 	"testing"
 	"time"
 )
@@ -47,5 +48,20 @@ func TestArgs(t *testing.T) {
 	c = Config{Kind: Vfsd, Socket: "/s", SharedDir: "/d", RequestQueues: 4}
 	if a := c.Args(); len(a) != 4 || a[3] != "--num-request-queues=4" || a[2] != "--cache=auto" {
 		t.Fatalf("vfsd args %q", a)
+	}
+}
+
+// Output keeps the end of a long output, from a line start.
+func TestOutputKeepsTail(t *testing.T) {
+	var s syncBuffer
+	line := strings.Repeat("x", 99) + "\n"
+	for i := 0; i < 2*outputKeep/len(line); i++ {
+		s.Write([]byte(line))
+	}
+	s.Write([]byte("the end\n"))
+	out := s.String()
+	if !strings.HasSuffix(out, "x\nthe end\n") || len(out) > outputKeep+outputKeep/2 || len(out) < outputKeep/2 ||
+		!strings.HasPrefix(out, line) {
+		t.Fatalf("kept %d bytes, ends %q, starts %q", len(out), out[max(0, len(out)-20):], out[:min(len(out), 20)])
 	}
 }
