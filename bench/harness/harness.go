@@ -275,7 +275,7 @@ func Run(ctx context.Context, o Options) (*report.Report, error) {
 			if err != nil {
 				if ctx.Err() == nil {
 					agg.Fail(err)
-					pr.line("  FAILED: %s", firstLine(err))
+					pr.line("  FAILED: %s", report.FirstLine(err))
 				}
 				return
 			}
@@ -333,7 +333,7 @@ func Run(ctx context.Context, o Options) (*report.Report, error) {
 						return finish()
 					}
 					row.Floor.Fail(err)
-					pr.line("  FAILED: %s", firstLine(err))
+					pr.line("  FAILED: %s", report.FirstLine(err))
 				} else {
 					row.Floor.Add(res)
 				}
@@ -402,8 +402,8 @@ func measureMemory(ctx context.Context, o Options, rep *report.Report, pr *progr
 		if err != nil {
 			if ctx.Err() == nil {
 				agg.Fail(err)
-				pr.line("  FAILED: %s", firstLine(err))
-				rep.Notes = append(rep.Notes, fmt.Sprintf("memory %s: run failed: %s", k, firstLine(err)))
+				pr.line("  FAILED: %s", report.FirstLine(err))
+				rep.Notes = append(rep.Notes, fmt.Sprintf("memory %s: run failed: %s", k, report.FirstLine(err)))
 			}
 			return
 		}
@@ -438,14 +438,6 @@ func maxDepth(ds []int) int {
 		m = max(m, d)
 	}
 	return m
-}
-
-func firstLine(err error) string {
-	s := err.Error()
-	if i := strings.IndexByte(s, '\n'); i >= 0 {
-		s = s[:i]
-	}
-	return s
 }
 
 func noteErrors(rep *report.Report, row *report.Row) {
@@ -488,7 +480,7 @@ func profileRun(ctx context.Context, o Options, w hostload.Workload, share *host
 		}})
 	switch {
 	case err != nil:
-		pp.Error = "profiled run: " + firstLine(err)
+		pp.Error = "profiled run: " + report.FirstLine(err)
 	case ferr != nil:
 		pp.Error = ferr.Error()
 	default:

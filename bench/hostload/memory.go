@@ -101,15 +101,13 @@ func MeasureMemory(ctx context.Context, c MemConfig) (res MemResult, err error) 
 	if err != nil {
 		return res, fmt.Errorf("OPENDIR %s: %w", BigDirName, err)
 	}
-	sample := func(m *daemon.Memory, slab *uint64) error {
+	sample := func(m *daemon.Memory, slab *uint64) (err error) {
 		time.Sleep(c.Settle)
 		if c.Kernel {
-			var err error
 			if *slab, err = slabAfterDrop(); err != nil {
 				return err
 			}
 		}
-		var err error
 		*m, err = s.d.Memory(frontend.MemfdName)
 		return err
 	}

@@ -43,10 +43,7 @@ type MemAgg struct {
 func (a *MemAgg) Add(r hostload.MemResult) { a.Runs = append(a.Runs, r) }
 
 // Fail records a run that produced no result.
-func (a *MemAgg) Fail(err error) {
-	msg, _, _ := strings.Cut(err.Error(), "\n")
-	a.Errors = append(a.Errors, msg)
-}
+func (a *MemAgg) Fail(err error) { a.Errors = append(a.Errors, FirstLine(err)) }
 
 // PerInode is user plus kernel memory per known node.
 func (a *MemAgg) PerInode() float64 { return a.UserPerInode + a.KernelPerInode }

@@ -105,12 +105,13 @@ func (a *Agg) Add(r hostload.Result) {
 }
 
 // Fail records a run that produced no result.
-func (a *Agg) Fail(err error) {
-	msg := err.Error()
-	if i := strings.IndexByte(msg, '\n'); i >= 0 {
-		msg = msg[:i]
-	}
-	a.Errors = append(a.Errors, msg)
+func (a *Agg) Fail(err error) { a.Errors = append(a.Errors, FirstLine(err)) }
+
+// FirstLine is an error's first line (a failed daemon run appends the
+// daemon's output to its error).
+func FirstLine(err error) string {
+	msg, _, _ := strings.Cut(err.Error(), "\n")
+	return msg
 }
 
 // Finish computes the summary fields after the last Add.

@@ -70,10 +70,8 @@ type Env struct {
 // Binary returns $VFSD_BIN when it names a file, else ./cmd/vfsd built once
 // per test binary.
 func Binary() (string, error) {
-	if b := os.Getenv("VFSD_BIN"); b != "" {
-		if _, err := os.Stat(b); err == nil {
-			return b, nil
-		}
+	if b, ok := daemon.VfsdEnvBin(); ok {
+		return b, nil
 	}
 	return e2e.VfsdBinary()
 }

@@ -99,13 +99,10 @@ func (s *syncBuffer) Write(p []byte) (int, error) {
 	defer s.mu.Unlock()
 	s.b.Write(p)
 	if s.b.Len() > outputKeep+outputKeep/2 {
-		last := s.b.Bytes()[s.b.Len()-outputKeep:]
-		if i := bytes.IndexByte(last, '\n'); i >= 0 {
-			last = last[i+1:] // start at a whole line
+		s.b.Next(s.b.Len() - outputKeep)
+		if i := bytes.IndexByte(s.b.Bytes(), '\n'); i >= 0 {
+			s.b.Next(i + 1) // start at a whole line
 		}
-		var nb bytes.Buffer
-		nb.Write(last)
-		s.b = nb
 	}
 	return len(p), nil
 }
@@ -424,13 +421,21 @@ func ModuleRoot() (string, error) {
 	return filepath.Dir(mod), nil
 }
 
-// VfsdFromEnv returns $VFSD_BIN when it names a file (a binary built
-// beforehand, as make test does), else a fresh BuildVfsd into dir.
+// VfsdEnvBin returns $VFSD_BIN when it names a file: a vfsd binary built
+// beforehand, as make test does.
+func VfsdEnvBin() (string, bool) {
+	b := os.Getenv("VFSD_BIN")
+	if b == "" {
+		return "", false
+	}
+	_, err := os.Stat(b)
+	return b, err == nil
+}
+
+// VfsdFromEnv returns VfsdEnvBin, else a fresh BuildVfsd into dir.
 func VfsdFromEnv(dir string) (string, error) {
-	if b := os.Getenv("VFSD_BIN"); b != "" {
-		if _, err := os.Stat(b); err == nil {
-			return b, nil
-		}
+	if b, ok := VfsdEnvBin(); ok {
+		return b, nil
 	}
 	return BuildVfsd(dir)
 }

@@ -3,10 +3,12 @@ package daemon
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
 )
 
 // Memory is what a daemon's process tree holds in user memory, read from
@@ -46,7 +48,7 @@ func TreeMemory(pid int, skip string) (Memory, error) {
 	for _, p := range tree(procs, pid) {
 		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps", p))
 		if err != nil {
-			if os.IsNotExist(err) || isESRCH(err) {
+			if os.IsNotExist(err) || errors.Is(err, syscall.ESRCH) {
 				continue // exited meanwhile
 			}
 			return Memory{}, err
@@ -66,8 +68,6 @@ func TreeMemory(pid int, skip string) (Memory, error) {
 	}
 	return m, nil
 }
-
-func isESRCH(err error) bool { return strings.Contains(err.Error(), "no such process") }
 
 // parseSmaps sums the Pss and Rss lines of one smaps file (kB), by mapping:
 // a mapping starts with a header line "start-end perms offset dev inode
