@@ -20,12 +20,14 @@
 #   - at the same time a metadata loop: create, rename, hard link, unlink,
 #     setfattr/getfattr, O_APPEND, mkdir/rmdir, each result checked.
 # Rounds repeat until at least vfsd.crashkills kill lines were printed (at
-# least one round, at most 30). Any failed command, a lock that could be taken,
+# least one round, at most 30 or vfsd.crashkills if more: a round sees about
+# two kills). Any failed command, a lock that could be taken,
 # or a virtiofs/fuse error in the kernel log fails the run.
 #
 # Kernel command line: vfsd.tag=TAG, vfsd.crashkills=N (default 8; 0: no kill
 # lines, to try the scenario on a daemon that cannot survive kills),
-# vfsd.steplimit=SECONDS (default 200).
+# vfsd.steplimit=SECONDS (default 200, or 6 s per kill if more: a kill comes
+# every 2-4 s).
 
 export PATH=/usr/bin:/usr/sbin:/bin:/sbin
 export HOME=/root TERM=dumb TZ=UTC0
@@ -35,7 +37,7 @@ MNT=/mnt
 STEP=init
 TAG=vfsd
 KILLS=8
-STEP_LIMIT=200
+STEP_LIMIT=
 W=$MNT/crash
 
 log() { echo "guest: $*"; }
@@ -178,6 +180,12 @@ for arg in $(cat /proc/cmdline); do
 	vfsd.steplimit=*) STEP_LIMIT=${arg#vfsd.steplimit=} ;;
 	esac
 done
+MAX_ROUNDS=30
+[ "$KILLS" -gt $MAX_ROUNDS ] && MAX_ROUNDS=$KILLS
+if [ -z "$STEP_LIMIT" ]; then
+	STEP_LIMIT=200
+	[ $((6 * KILLS)) -gt $STEP_LIMIT ] && STEP_LIMIT=$((6 * KILLS))
+fi
 
 log "vfsd guest init: crash scenario, kernel $(uname -r), $(nproc) cpus, tag: $TAG, kills: $KILLS"
 watchdog &
@@ -232,7 +240,7 @@ while :; do
 	log "fio round $round: written, verified, read back and verified again; kills so far $(cat /tmp/kills), meta iterations $(cat /tmp/meta.count)"
 	[ -s /tmp/errors ] && fail "$(head -n 3 /tmp/errors)"
 	[ "$(cat /tmp/kills)" -ge "$KILLS" ] && break
-	[ $round -ge 30 ] && break
+	[ $round -ge $MAX_ROUNDS ] && break
 done
 rm -f /tmp/work
 [ -n "${KILLER:-}" ] && wait "$KILLER"

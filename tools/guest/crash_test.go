@@ -176,7 +176,8 @@ func TestGuestCrashScenario(t *testing.T) {
 		g.cfg.DaemonArgs = append(g.cfg.DaemonArgs, "--max-restarts=1000")
 	}
 	if os.Getenv(EnvTimeout) == "" {
-		g.cfg.Timeout = 5 * time.Minute
+		// The guest's own step limit is 6 s per kill (crash-init.sh).
+		g.cfg.Timeout = max(5*time.Minute, time.Duration(kills)*6*time.Second+2*time.Minute)
 	}
 	lw := &lockWatcher{share: g.share, stop: make(chan struct{}), done: make(chan struct{})}
 	g.cfg.Console = &consoleTee{l: lw, next: g.cfg.Console}
