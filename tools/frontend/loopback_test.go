@@ -38,6 +38,9 @@ type fakeBackend struct {
 	stop   chan struct{}
 	done   chan struct{}
 	popped uint32
+	// regs are the guest RAM mappings of every SET_MEM_TABLE: written by
+	// serve, unmapped once it and the queue goroutines it waits for ended.
+	regs []mem.Mapped
 }
 
 func listen(t *testing.T) (string, int) {
@@ -65,6 +68,10 @@ func startFake(t *testing.T, failReq uint32) (*fakeBackend, string) {
 		close(b.stop)
 		<-b.done
 		unix.Close(ln)
+		// Only now: a queue goroutine reads the rings until b.done.
+		for _, r := range b.regs {
+			r.Unmap()
+		}
 	})
 	return b, path
 }
@@ -167,6 +174,7 @@ func (b *fakeBackend) setMem(m Msg) {
 			return
 		}
 		regs = append(regs, mp)
+		b.regs = append(b.regs, mp)
 	}
 	closeAll(m.FDs)
 	t, err := mem.NewTable(regs)
@@ -175,11 +183,6 @@ func (b *fakeBackend) setMem(m Msg) {
 		return
 	}
 	b.table = t
-	b.t.Cleanup(func() {
-		for _, r := range regs {
-			r.Unmap()
-		}
-	})
 }
 
 func (b *fakeBackend) startQueue(i uint32) error {
