@@ -78,8 +78,9 @@ var optionDocs = []optionDoc{
 	{[]string{"max-restarts"}, "N", "Crash budget: give up after more than N worker deaths within " +
 		"--restart-window (default 10).", secSuper},
 	{[]string{"restart-window"}, "D", "The crash budget's window (default 60s).", secSuper},
-	{[]string{"restart-backoff-max"}, "D", "The wait before restarting a worker doubles with each death in " +
-		"the window, from 5ms up to D (default 1s).", secSuper},
+	{[]string{"restart-backoff-max"}, "D", "The wait before restarting a worker doubles with each death " +
+		"in the window of a worker that lived less than D, from 5ms up to D (default 1s); after a worker " +
+		"that lived longer it is 5ms again.", secSuper},
 	{[]string{"control-socket"}, "PATH", "Control socket answering \"vfsd status\" and \"vfsd upgrade\" " +
 		"(default PATH.ctl with --socket-path; none with --fd).", secSuper},
 

@@ -65,8 +65,11 @@ type Config struct {
 	// RestartWindow stop the supervisor.
 	MaxRestarts   int
 	RestartWindow time.Duration
-	// Backoff before restart k (k-th death in the window): BackoffMin<<(k-1),
-	// at most BackoffMax.
+	// Backoff before a restart: BackoffMin<<(k-1), at most BackoffMax, where
+	// k counts the deaths within the window since a worker last lived at
+	// least BackoffMax. A worker that served that long was not in a crash
+	// loop, so the next restart is quick again (the crash budget still
+	// bounds how often).
 	BackoffMin, BackoffMax time.Duration
 	// StopGrace is how long a worker has to exit after SIGTERM.
 	StopGrace time.Duration
@@ -124,6 +127,7 @@ type Supervisor struct {
 	sess      *session
 	w         *worker     // main goroutine only
 	crashes   []time.Time // deaths within the window
+	quick     int         // deaths since a worker last lived BackoffMax (with crashes, sets the backoff)
 	upgradeCh chan chan error
 	done      chan struct{}
 
@@ -543,6 +547,9 @@ func (s *Supervisor) awaitReply(ctx context.Context, w *worker, req *Msg) (*Msg,
 // fd store, charges the crash budget, backs off, starts a worker in resume
 // mode and replays the session to it, until one takes it.
 func (s *Supervisor) recover(ctx context.Context, reason string) error {
+	if time.Since(s.w.started) >= s.cfg.BackoffMax {
+		s.quick = 0
+	}
 	for {
 		old := s.w
 		stopped := time.Now()
@@ -559,8 +566,6 @@ func (s *Supervisor) recover(ctx context.Context, reason string) error {
 		}
 		s.retire(old, false)
 		s.store.Drain()
-		s.log.Warn("worker died", "pid", old.pid, "how", old.exitDesc(), "reason", reason,
-			"lived", stopped.Sub(old.started).Round(time.Millisecond))
 		now := time.Now()
 		keep := s.crashes[:0]
 		for _, t := range s.crashes {
@@ -569,6 +574,14 @@ func (s *Supervisor) recover(ctx context.Context, reason string) error {
 			}
 		}
 		s.crashes = append(keep, now)
+		s.quick++
+		backoff := s.cfg.BackoffMin
+		for i := 1; i < min(s.quick, len(s.crashes)) && backoff < s.cfg.BackoffMax; i++ {
+			backoff *= 2
+		}
+		backoff = min(backoff, s.cfg.BackoffMax)
+		s.log.Warn("worker died", "pid", old.pid, "how", old.exitDesc(), "reason", reason,
+			"lived", stopped.Sub(old.started).Round(time.Millisecond), "backoff", backoff)
 		s.deaths.Add(1)
 		if n := len(s.crashes); n > s.cfg.MaxRestarts {
 			msg := fmt.Sprintf("worker crashed %d times in %v; giving up", n, s.cfg.RestartWindow)
@@ -577,10 +590,6 @@ func (s *Supervisor) recover(ctx context.Context, reason string) error {
 				_ = s.cfg.Upstream.Status(msg)
 			}
 			return fmt.Errorf("%w: %s", ErrBudgetExhaust, msg)
-		}
-		backoff := s.cfg.BackoffMin << (len(s.crashes) - 1)
-		if backoff > s.cfg.BackoffMax || backoff <= 0 {
-			backoff = s.cfg.BackoffMax
 		}
 		t := time.NewTimer(backoff)
 		select {

@@ -618,6 +618,35 @@ func TestCrashBudget(t *testing.T) {
 	}
 }
 
+// The wait before a restart doubles while workers die young and starts
+// again from BackoffMin after one that lived BackoffMax: a crash loop slows
+// down, a worker that served a while is replaced at once.
+func TestBackoffResets(t *testing.T) {
+	h := startHarness(t, nil, func(c *Config) {
+		c.BackoffMin, c.BackoffMax = time.Millisecond, 2*time.Second
+	})
+	h.initSession()
+	kill := func(n int64) {
+		old := h.sup.signalWorker(syscall.SIGKILL)
+		waitFor(t, "restart", func() bool { s := h.sup.Stats(); return s.Restarts == n && s.WorkerPID != old })
+	}
+	for n := int64(1); n <= 3; n++ {
+		kill(n) // each worker dies well within BackoffMax of its start
+	}
+	time.Sleep(2100 * time.Millisecond)
+	kill(4)
+	var got []string
+	for _, l := range strings.Split(h.logs.String(), "\n") {
+		if strings.Contains(l, "worker died") {
+			_, b, _ := strings.Cut(l, "backoff=")
+			got = append(got, strings.Fields(b+" ")[0])
+		}
+	}
+	if want := "1ms 2ms 4ms 1ms"; strings.Join(got, " ") != want {
+		t.Fatalf("backoffs %q, want %q", got, want)
+	}
+}
+
 func countFDs(t *testing.T) int {
 	ents, err := os.ReadDir("/proc/self/fd")
 	if err != nil {

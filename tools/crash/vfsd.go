@@ -83,7 +83,8 @@ func CommonArgs(maxRestarts int) []string {
 	if maxRestarts == 0 {
 		// Hundreds of kills on purpose: a budget they cannot exhaust, and a
 		// short window so that the restart backoff (which doubles with each
-		// death in the window, up to 1s) stays in milliseconds.
+		// death in the window of a worker younger than 1s, up to 1s) stays
+		// in milliseconds.
 		a = []string{"--max-restarts=" + strconv.Itoa(BigBudget), "--restart-window=" + BigBudgetWindow.String()}
 	}
 	return append(a, strings.Fields(os.Getenv("VFSD_CRASH_ARGS"))...)
