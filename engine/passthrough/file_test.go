@@ -202,6 +202,85 @@ func TestCreateAndTmpfile(t *testing.T) {
 	wantErr(t, "TMPFILE read-only", eno, unix.EINVAL)
 }
 
+// CREATE without O_EXCL of a name that exists opens it only if it is a
+// regular file: open(2) would block the queue thread on a FIFO with no peer
+// (found by FuzzHandle: a FIFO from its MKNOD seed, then CREATE O_RDONLY of
+// the same name) and would open a device node on the host.
+func TestCreateExisting(t *testing.T) {
+	c := newTFS(t, Options{})
+	create := func(nm string, flags uint32) (unix.Errno, []byte) {
+		return c.call(fuse.OpCreate, fuse.RootID, b(fuse.CreateIn{Flags: flags, Mode: 0o644}), name(nm))
+	}
+	release := func(p []byte) {
+		e := parse[fuse.EntryOut](t, p)
+		c.call(fuse.OpRelease, e.NodeID, b(fuse.ReleaseIn{Fh: parse[fuse.OpenOut](t, p[fuse.EntryOutSize:]).Fh}))
+	}
+
+	if err := unix.Mkfifo(c.path("fifo"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// Should CREATE block on the FIFO, a writer opened after 3 s lets it go.
+	unblock := time.AfterFunc(3*time.Second, func() {
+		if fd, err := unix.Open(c.path("fifo"), unix.O_WRONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0); err == nil {
+			unix.Close(fd)
+		}
+	})
+	start := time.Now()
+	eno, _ := create("fifo", unix.O_RDONLY)
+	unblock.Stop()
+	if took := time.Since(start); eno != unix.ENXIO || took > 2*time.Second {
+		t.Errorf("CREATE of an existing FIFO: %v after %v, want ENXIO at once", eno, took.Round(time.Millisecond))
+	}
+
+	switch err := unix.Mknod(c.path("null"), unix.S_IFCHR|0o666, int(unix.Mkdev(1, 3))); err {
+	case nil:
+		eno, p := create("null", unix.O_RDWR)
+		if eno == 0 {
+			release(p)
+		}
+		wantErr(t, "CREATE of an existing device node", eno, unix.ENXIO)
+	case unix.EPERM:
+		t.Log("no CAP_MKNOD: device node case not run")
+	default:
+		t.Fatal(err)
+	}
+
+	os.Mkdir(c.path("dir"), 0o755)
+	eno, _ = create("dir", unix.O_RDWR)
+	wantErr(t, "CREATE of an existing directory", eno, unix.EISDIR)
+	os.Symlink("target", c.path("link"))
+	eno, _ = create("link", unix.O_RDWR)
+	wantErr(t, "CREATE of an existing symlink", eno, unix.ELOOP)
+
+	// A regular file is opened as open(2) would: kept, or truncated with
+	// O_TRUNC; with O_EXCL it is EEXIST.
+	os.WriteFile(c.path("file"), []byte("data"), 0o644)
+	eno, p := create("file", unix.O_RDWR)
+	if eno != 0 {
+		t.Fatalf("CREATE of an existing file: %v", eno)
+	}
+	release(p)
+	if got, _ := os.ReadFile(c.path("file")); string(got) != "data" {
+		t.Errorf("CREATE without O_TRUNC changed the file: %q", got)
+	}
+	eno, p = create("file", unix.O_WRONLY|unix.O_TRUNC)
+	if eno != 0 {
+		t.Fatalf("CREATE O_TRUNC of an existing file: %v", eno)
+	}
+	release(p)
+	if st := hostStat(t, c.path("file")); st.Size != 0 {
+		t.Errorf("CREATE O_TRUNC left %d bytes", st.Size)
+	}
+	eno, _ = create("file", unix.O_RDWR|unix.O_EXCL)
+	wantErr(t, "CREATE O_EXCL of an existing file", eno, unix.EEXIST)
+
+	// The guest's access is checked on the existing file, as open(2) does.
+	os.WriteFile(c.path("ro"), []byte("x"), 0o444)
+	c.uid, c.gid = 4321, 8765
+	eno, _ = create("ro", unix.O_RDWR)
+	wantErr(t, "CREATE O_RDWR of another user's read-only file", eno, unix.EACCES)
+}
+
 func TestFallocateLseekCopy(t *testing.T) {
 	c := newTFS(t, Options{})
 	os.WriteFile(c.path("f"), bytes.Repeat([]byte{'x'}, 1<<20), 0o644)

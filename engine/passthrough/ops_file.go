@@ -190,13 +190,13 @@ func (fs *FS) createFile(x *txn, req *fuse.Request, rep *fuse.Reply, name []byte
 			x.fail(rep, errno(err))
 			return
 		}
-		fd, err = openat(p.fd, name, flags, mode&07777)
+		fd, err = fs.openCreate(p.fd, name, flags, mode&07777)
 		fs.asSelfCreator(sg)
 		crash(cpSyscall)
 		if err == unix.EEXIST && x.res != nil && flags&unix.O_EXCL != 0 &&
 			fs.ownEntry(p.fd, name, pre[0], req.UID, unix.S_IFREG, nil, 0) {
 			// Ours (the make rule): open it without creating or truncating.
-			fd, err = openat(p.fd, name, hflags|unix.O_NOFOLLOW, 0)
+			fd, err = fs.openExisting(p.fd, name, hflags)
 		}
 		if err != nil {
 			x.fail(rep, errno(err))
@@ -217,6 +217,56 @@ func (fs *FS) createFile(x *txn, req *fuse.Request, rep *fuse.Reply, name []byte
 	}
 	out := fuse.OpenOut{Fh: fh, OpenFlags: fs.policy.fileFlags}
 	x.ok(rep, fuse.Bytes(&e), fuse.Bytes(&out))
+}
+
+// openCreate is openat(dirfd, name, flags|O_CREAT, mode) that opens an
+// existing name only if it is a regular file. open(2) would open whatever
+// is there: a FIFO without a peer blocks the calling queue thread for good,
+// and a device node would be opened on the host (OPEN refuses both, see
+// opOpen). So without O_EXCL the name is created exclusively first, and if
+// it exists it goes through openExisting; a name that keeps vanishing and
+// reappearing between the two gets the last error. Call it as the creator.
+func (fs *FS) openCreate(dirfd int, name []byte, flags int, mode uint32) (int, error) {
+	if flags&unix.O_CREAT == 0 || flags&unix.O_EXCL != 0 {
+		return openat(dirfd, name, flags, mode)
+	}
+	var err error
+	for range 3 {
+		var fd int
+		if fd, err = openat(dirfd, name, flags|unix.O_EXCL, mode); err != unix.EEXIST {
+			return fd, err
+		}
+		if fd, err = fs.openExisting(dirfd, name, flags&^unix.O_CREAT); err != unix.ENOENT {
+			return fd, err
+		}
+	}
+	return -1, err
+}
+
+// openExisting opens the regular file name under dirfd with flags (no
+// O_CREAT), never following a symlink and never opening anything else:
+// O_PATH first, which neither blocks nor runs a driver's open, then a
+// reopen through procfs, which checks the caller's access as open(2) does.
+func (fs *FS) openExisting(dirfd int, name []byte, flags int) (int, error) {
+	pfd, err := openat(dirfd, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, err
+	}
+	defer unix.Close(pfd)
+	var st unix.Statx_t
+	if err := statxFd(pfd, &st); err != nil {
+		return -1, err
+	}
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFREG:
+	case unix.S_IFDIR:
+		return -1, unix.EISDIR
+	case unix.S_IFLNK:
+		return -1, unix.ELOOP
+	default:
+		return -1, unix.ENXIO
+	}
+	return fs.reopen(pfd, flags&^(unix.O_NOFOLLOW|unix.O_EXCL))
 }
 
 // resumedCreated: when the crashed run of this CREATE/TMPFILE counted its
