@@ -387,6 +387,36 @@ func TestEscapeMounts(t *testing.T) {
 	}
 }
 
+// TestEscapeDeviceCreate: a guest may make a device node in the share
+// (MKNOD, as root with CAP_MKNOD, vfsd's default), but CREATE without O_EXCL
+// of its name must not open the device on the host and hand the guest a
+// handle to it (for a block or memory device, the host's disk or RAM); nor
+// may it hang the queue on a FIFO. Through the supervised, sandboxed daemon.
+func TestEscapeDeviceCreate(t *testing.T) {
+	e := Start(t, Options{})
+	for _, n := range []struct {
+		name       string
+		mode, rdev uint32
+	}{{"zero", unix.S_IFCHR | 0o666, uint32(unix.Mkdev(1, 5))}, {"fifo", unix.S_IFIFO | 0o666, 0}} {
+		if _, err := e.C.Mknod(e.Ctx, root, n.name, n.mode, n.rdev, 0); err != nil {
+			if errors.Is(err, unix.EPERM) {
+				t.Logf("MKNOD %s: %v (not root here)", n.name, err)
+				continue
+			}
+			t.Fatalf("MKNOD %s: %v", n.name, err)
+		}
+		ent, fo, err := e.C.Create(e.Ctx, root, n.name, unix.O_RDWR, 0o600, 0)
+		if err == nil {
+			t.Errorf("CREATE of the %s node opened it on the host", n.name)
+			e.C.Release(e.Ctx, ent.NodeID, fo.FH, 0, 0, 0)
+			continue
+		}
+		if !errors.Is(err, unix.ENXIO) {
+			t.Errorf("CREATE of the %s node: %v, want ENXIO", n.name, err)
+		}
+	}
+}
+
 // TestEscapeRenameRace: a host process swaps a directory of the share for
 // a symlink to a directory outside it, in a loop, while the guest walks
 // into it and creates there. Nothing may land outside.
