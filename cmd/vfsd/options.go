@@ -93,7 +93,7 @@ var optionDocs = []optionDoc{
 		"opcode and queue, batch sizes, inflight, restarts, stored fds) from the worker; same addresses as " +
 		"--pprof-addr. Off by default.", secLog},
 	{[]string{"sandbox"}, "MODE", "namespace: the supervised worker runs in new mount, pid, net, IPC and UTS " +
-		"namespaces with a root holding only the shared directory (/shared), a read-only /proc and the " +
+		"namespaces with a root holding only the shared directory (/shared, nodev), a read-only /proc and the " +
 		"dynamic loader (the default; --metrics-addr and --pprof-addr are opened by the supervisor and handed " +
 		"to the worker); chroot: the worker chroot()s into the shared directory, for hosts where it cannot get " +
 		"namespaces (needs a statically linked vfsd, as make build builds; CAP_SYS_CHROOT cannot be kept); " +

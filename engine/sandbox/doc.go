@@ -26,12 +26,12 @@
 // CLONE_NEWNET|CLONE_NEWIPC|CLONE_NEWUTS (CloneFlags). The first worker, in
 // its fresh mount namespace: makes every mount a slave (nothing propagates
 // to the host), clones the shared directory's mount tree (open_tree
-// OPEN_TREE_CLONE|AT_RECURSIVE), covers the shared directory's path with a
-// small tmpfs, attaches the clone at /shared in it, binds the host's /proc
-// read-only at /proc, binds the dynamic loader and the libraries the binary
-// has mapped read-only at their paths (a cgo build resolves its ELF
-// interpreter at exec), remounts the tmpfs read-only, pivot_root()s into it
-// and detaches the old root. The worker's root then holds /shared, /proc
+// OPEN_TREE_CLONE|AT_RECURSIVE) and marks its mounts nodev, covers the
+// shared directory's path with a small tmpfs, attaches the clone at /shared
+// in it, binds the host's /proc read-only at /proc, binds the dynamic
+// loader and the libraries the binary has mapped read-only at their paths
+// (a cgo build resolves its ELF interpreter at exec), remounts the tmpfs
+// read-only, pivot_root()s into it and detaches the old root. The worker's root then holds /shared, /proc
 // and the loader files, nothing else. It stores an O_PATH fd of that root
 // ("sandbox.root") and of its mount namespace ("sandbox.mntns") in the
 // supervisor's fd store.

@@ -639,7 +639,7 @@ func TestBackoffResets(t *testing.T) {
 	for _, l := range strings.Split(h.logs.String(), "\n") {
 		if strings.Contains(l, "worker died") {
 			_, b, _ := strings.Cut(l, "backoff=")
-			got = append(got, strings.Fields(b+" ")[0])
+			got = append(got, strings.Fields(b + " ")[0])
 		}
 	}
 	if want := "1ms 2ms 4ms 1ms"; strings.Join(got, " ") != want {

@@ -62,6 +62,12 @@ func checkSandboxed(t *testing.T, pid int, dir string) {
 	if a.Dev != b.Dev || a.Ino != b.Ino {
 		t.Errorf("worker's /shared is %d/%d, the shared directory %d/%d", a.Dev, a.Ino, b.Dev, b.Ino)
 	}
+	// The share is nodev in the worker's view (device nodes in it never open).
+	var sfs unix.Statfs_t
+	must(t, "statfs worker /shared", unix.Statfs(root+sandbox.SharedPath, &sfs))
+	if sfs.Flags&unix.ST_NODEV == 0 {
+		t.Errorf("worker's /shared is not nodev (statfs flags %#x)", sfs.Flags)
+	}
 	// Nothing above the shared directory: the worker's / is not the host's.
 	h := hostStat(t, "/")
 	w := hostStat(t, root)
