@@ -57,18 +57,8 @@ func (fs *FS) opOpen(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {
 		x.ok(rep, fuse.Bytes(&out), nil)
 		return
 	}
-	switch in.typ {
-	case unix.S_IFREG:
-	case unix.S_IFDIR:
-		rep.Error(unix.EISDIR)
-		return
-	case unix.S_IFLNK:
-		rep.Error(unix.ELOOP) // never open a symlink's target
-		return
-	default:
-		// Devices and fifos are opened by the guest kernel itself; a guest
-		// asking us to open one on the host is refused.
-		rep.Error(unix.ENXIO)
+	if eno := openable(in.typ); eno != 0 {
+		rep.Error(eno)
 		return
 	}
 	fd, err := fs.reopen(in.fd, flags&^unix.O_NOFOLLOW) // the procfs link itself is a symlink
@@ -248,25 +238,32 @@ func (fs *FS) openCreate(dirfd int, name []byte, flags int, mode uint32) (int, e
 // O_PATH first, which neither blocks nor runs a driver's open, then a
 // reopen through procfs, which checks the caller's access as open(2) does.
 func (fs *FS) openExisting(dirfd int, name []byte, flags int) (int, error) {
-	pfd, err := openat(dirfd, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return -1, err
+	var st unix.Statx_t
+	pfd, eno := openPathStat(dirfd, name, &st)
+	if eno != 0 {
+		return -1, eno
 	}
 	defer unix.Close(pfd)
-	var st unix.Statx_t
-	if err := statxFd(pfd, &st); err != nil {
-		return -1, err
-	}
-	switch st.Mode & unix.S_IFMT {
-	case unix.S_IFREG:
-	case unix.S_IFDIR:
-		return -1, unix.EISDIR
-	case unix.S_IFLNK:
-		return -1, unix.ELOOP
-	default:
-		return -1, unix.ENXIO
+	if eno := openable(uint32(st.Mode) & unix.S_IFMT); eno != 0 {
+		return -1, eno
 	}
 	return fs.reopen(pfd, flags&^(unix.O_NOFOLLOW|unix.O_EXCL))
+}
+
+// openable says whether the host may open a file of type typ for the guest:
+// only a regular file. Devices and fifos are opened by the guest kernel
+// itself (on the host a FIFO would block, a device reach host hardware);
+// a symlink's target is never followed.
+func openable(typ uint32) unix.Errno {
+	switch typ {
+	case unix.S_IFREG:
+		return 0
+	case unix.S_IFDIR:
+		return unix.EISDIR
+	case unix.S_IFLNK:
+		return unix.ELOOP
+	}
+	return unix.ENXIO
 }
 
 // resumedCreated: when the crashed run of this CREATE/TMPFILE counted its
