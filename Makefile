@@ -18,6 +18,13 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := build
 .DELETE_ON_ERROR:
 
+# Go lives in /usr/local/go on these machines; a non-interactive shell may
+# not have it on PATH (the recipes' scripts and tests run go too).
+ifeq ($(shell command -v go 2>/dev/null),)
+ifneq ($(wildcard /usr/local/go/bin/go),)
+export PATH := /usr/local/go/bin:$(PATH)
+endif
+endif
 GO ?= go
 BUILD := build
 APT_PACKAGES := qemu-system-x86 fio busybox-static stress-ng cpio util-linux attr
