@@ -189,6 +189,7 @@ func newFlagSet(c *config) *flag.FlagSet {
 	switchFlag("xattr", func() { c.NoXattr = false })
 	switchFlag("no-xattr", func() { c.NoXattr = true })
 	switchFlag("writeback", func() { c.Writeback = true })
+	switchFlag("no-io-uring", func() { c.NoUring = true })
 	switchFlag("allow-direct-io", func() { c.AllowDirectIO = true })
 	switchFlag("allow-mmap", func() { c.allowMmap = true })
 	switchFlag("readdirplus", func() {})
@@ -490,6 +491,9 @@ func (c *config) workerArgs() []string {
 	args = append(args, c.sandboxArgs()...)
 	if c.NoXattr {
 		args = append(args, "--no-xattr")
+	}
+	if c.NoUring {
+		args = append(args, "--no-io-uring")
 	}
 	if c.Writeback {
 		args = append(args, "--writeback")

@@ -53,6 +53,9 @@ var optionDocs = []optionDoc{
 		"sleeps until the next kick (default 50us; 0: never poll). The window grows while requests come within " +
 		"it and shrinks when they stop coming within 4× that or keep coming after it, so an idle queue does not spin " +
 		"(engine/dataplane).", secFS},
+	{[]string{"no-io-uring"}, "", "Read every READ with its own preadv. By default the READs a queue finds in one " +
+		"batch are submitted together with one io_uring_enter, on a ring restricted to READV (engine/uring); where " +
+		"io_uring is unavailable or refused, vfsd reads one by one anyway.", secFS},
 	{[]string{"xattr"}, "", "Serve extended attributes. This is vfsd's default (virtiofsd's is off).", secFS},
 	{[]string{"no-xattr"}, "", "Do not serve extended attributes (the xattr requests answer ENOSYS).", secFS},
 	{[]string{"writeback"}, "", "Offer the writeback cache (FUSE_WRITEBACK_CACHE).", secFS},

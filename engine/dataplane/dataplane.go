@@ -28,6 +28,9 @@ type Options struct {
 	// PollMax is the largest adaptive polling window of a queue that ran
 	// dry (poll.go): 0 means DefaultPollMax, negative turns polling off.
 	PollMax time.Duration
+	// NoUring makes every READ a preadv of its own, not one of a batch
+	// submitted with io_uring (reads.go).
+	NoUring bool
 }
 
 // Canceller is implemented by handlers whose blocking requests can wait

@@ -68,7 +68,7 @@ type queue struct {
 	spare      []completion
 	chain      vring.Chain
 	req        fuse.Request
-	rep        fuse.Reply
+	rd         reads // READs waiting for the end of the batch (reads.go)
 	events     [3]unix.EpollEvent
 	evbuf      [8]byte
 	stopping   bool
@@ -229,6 +229,8 @@ func (q *queue) run() {
 	defer runtime.UnlockOSThread()
 	defer close(q.exited)
 	defer queueExited()
+	q.initReads()
+	defer q.closeReads()
 	if q.resumed {
 		q.resume()
 	}
@@ -412,6 +414,7 @@ func (q *queue) push(head uint16, written uint32) {
 // publish makes the pushed used elements visible and notifies the driver
 // once if it asked for it.
 func (q *queue) publish() {
+	q.flushReads()
 	if q.pushed == 0 || q.broken {
 		return
 	}
@@ -496,7 +499,7 @@ func (q *queue) drain() bool {
 
 // serve answers the chain just popped (resumed: re-read after a restart).
 func (q *queue) serve(resumed bool) {
-	c, req, rep := &q.chain, &q.req, &q.rep
+	c, req, rep := &q.chain, &q.req, q.rep()
 	req.Head, req.Resumed = c.Head, resumed
 	if err := req.Decode(c.Readable); err != nil {
 		if err == fuse.ErrShortHeader {
@@ -521,6 +524,10 @@ func (q *queue) serve(resumed bool) {
 	}
 	rep.Reset(c.Writable, req.Unique)
 	q.d.handle(req, rep, c.Writable)
+	if rep.Deferred() {
+		q.deferred(c.Head, start)
+		return
+	}
 	q.record(req.Opcode, c.Writable, rep.Written(), start)
 	q.push(c.Head, rep.Written())
 }

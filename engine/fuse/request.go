@@ -183,7 +183,40 @@ type Reply struct {
 	done    bool
 	iov     []unix.Iovec
 	tail    Scatter
+
+	// A READ handed to batcher (ReadFile) keeps what FinishRead needs.
+	batcher  Batcher
+	deferred bool
+	fd       int
+	off      int64
+	pin      Pin
+	outOwn   Scatter // r.out's segments, owned: the chain's list is reused by the next pop
 }
+
+// Pin keeps a file descriptor open until Unpin.
+type Pin interface{ Unpin() }
+
+// Batcher takes READs whose preadv may wait until the end of the queue's
+// batch, to be submitted together (engine/dataplane, with io_uring).
+// Defer is called on the queue's thread from Reply.ReadFile; when it
+// returns true the batcher later calls r.FinishRead, on the same thread,
+// before the chain's used element is pushed.
+type Batcher interface {
+	Defer(r *Reply) bool
+}
+
+// SetBatcher makes r offer its READs to b (nil: read at once).
+func (r *Reply) SetBatcher(b Batcher) { r.batcher = b }
+
+// Deferred reports whether the answer waits for FinishRead.
+func (r *Reply) Deferred() bool { return r.deferred }
+
+// ReadTarget is the deferred read: the fd, the offset and the iovecs over
+// the guest's buffers, valid until FinishRead.
+func (r *Reply) ReadTarget() (fd int, off int64, iov []unix.Iovec) { return r.fd, r.off, r.iov }
+
+// Out is the chain's writable segments the reply writes into.
+func (r *Reply) Out() Scatter { return r.out }
 
 // Reset prepares r to answer the request with the given unique id into out.
 func (r *Reply) Reset(out Scatter, unique uint64) {
@@ -251,23 +284,39 @@ func (r *Reply) PayloadRoom() int {
 
 // ReadFile answers a READ by preadv(2) from fd at off straight into guest RAM
 // (no bounce buffer), reading at most size bytes. Short reads are fine (EOF).
-func (r *Reply) ReadFile(fd int, off int64, size int) {
+// pin (nil: none) keeps fd open; it is released when the read is done,
+// which is later, in FinishRead, when the batcher took the read.
+func (r *Reply) ReadFile(fd int, off int64, size int, pin Pin) {
 	if size > r.PayloadRoom() {
 		size = r.PayloadRoom()
 	}
 	r.tail = r.out.Slice(r.tail[:0], OutHeaderSize, size)
 	r.iov = r.tail.Iovecs(r.iov)
-	iov := r.iov // advanced below; r.iov keeps the scratch's full capacity
-	n := 0
-	for len(iov) > 0 {
-		m, err := preadv(fd, iov, off+int64(n))
+	r.fd, r.off, r.pin = fd, off, pin
+	if r.batcher != nil && len(r.iov) > 0 && r.batcher.Defer(r) {
+		r.outOwn = append(r.outOwn[:0], r.out...)
+		r.out = r.outOwn
+		r.deferred, r.done = true, true
+		return
+	}
+	r.FinishRead(0, 0)
+}
+
+// FinishRead completes the READ that ReadFile prepared, of which n bytes
+// were already read into the iovecs (eno: the read failed with n == 0). A
+// short read is continued with preadv(2) until EOF or an error, as the
+// kernel may stop a read early; then the header is written and the pin
+// released.
+func (r *Reply) FinishRead(n int, eno unix.Errno) {
+	iov := advance(r.iov, n) // r.iov keeps the scratch's full capacity
+	for eno == 0 && len(iov) > 0 {
+		m, err := preadv(r.fd, iov, r.off+int64(n))
 		if err == unix.EINTR {
 			continue
 		}
 		if err != nil {
 			if n == 0 {
-				r.Error(err.(unix.Errno))
-				return
+				eno = err.(unix.Errno)
 			}
 			break
 		}
@@ -277,7 +326,15 @@ func (r *Reply) ReadFile(fd int, off int64, size int) {
 		n += m
 		iov = advance(iov, m)
 	}
-	r.done = true
+	if r.pin != nil {
+		r.pin.Unpin()
+		r.pin = nil
+	}
+	r.deferred, r.done = false, true
+	if eno != 0 {
+		r.Error(eno)
+		return
+	}
 	r.header(0, n)
 	r.written = uint32(OutHeaderSize + n)
 }

@@ -36,6 +36,10 @@ func (r *fdRef) unpin() {
 	}
 }
 
+// Unpin is unpin, for fuse.Pin: a READ the queue reads at the end of its
+// batch keeps its handle's fd open until then.
+func (r *fdRef) Unpin() { r.unpin() }
+
 func (r *fdRef) kill() {
 	r.dead.Store(true)
 	if r.pins.Load() == 0 {

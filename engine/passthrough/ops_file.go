@@ -332,8 +332,7 @@ func (fs *FS) opRead(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {
 		rep.Error(eno)
 		return
 	}
-	rep.ReadFile(h.fd, int64(in.Offset), int(in.Size))
-	h.unpin()
+	rep.ReadFile(h.fd, int64(in.Offset), int(in.Size), h) // unpins h when read
 }
 
 func (fs *FS) opWrite(x txn, req *fuse.Request, rep *fuse.Reply, arg []byte) {

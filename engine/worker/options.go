@@ -37,6 +37,10 @@ type Options struct {
 	// PollMax caps each queue's adaptive polling window before it sleeps
 	// (engine/dataplane poll.go); 0 turns polling off.
 	PollMax time.Duration
+	// NoUring: every READ is its own preadv; by default the READs of a
+	// batch go to the kernel together through io_uring where it is
+	// available (engine/dataplane reads.go).
+	NoUring bool
 
 	// Supervised: this worker is a child of engine/supervisor (vfsd's
 	// default mode): the connection is ConnFD, state memfds and open fds go

@@ -182,7 +182,8 @@ func serve(ctx context.Context, fd int, fs *passthrough.FS, o Options, log *slog
 	if pollMax == 0 {
 		pollMax = -1 // dataplane: negative is off
 	}
-	dp, err := dataplane.New(dataplane.Options{Handler: fs, PoolSize: o.PoolSize, Logger: log, Metrics: reg, PollMax: pollMax})
+	dp, err := dataplane.New(dataplane.Options{Handler: fs, PoolSize: o.PoolSize, Logger: log, Metrics: reg, PollMax: pollMax,
+		NoUring: o.NoUring})
 	if err != nil {
 		return err
 	}
