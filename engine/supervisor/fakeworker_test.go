@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -26,7 +27,8 @@ import (
 //
 //	FAKE_DIE_AT_START=1    exit 7 before serving
 //	FAKE_CRASH_REQ=<req>   first worker only: crash on that request
-//	FAKE_CRASH_MODE=m      how: before (no reply), partial (header only), after (full reply)
+//	FAKE_CRASH_MODE=m      how: before (no reply), partial (header only), after (full reply),
+//	                       hang (never answers, blocks forever)
 //	FAKE_CRASH_PCT=<n>     any worker: crash on n% of messages, random mode
 const (
 	fakeFeatures = 1<<32 | featProtocolFeatures | featLogAll
@@ -157,6 +159,12 @@ func fakeWorkerMain() int {
 			mode = crashMode
 		} else if crashPct > 0 && rng.Intn(100) < crashPct {
 			mode = []string{"before", "partial", "after"}[rng.Intn(3)]
+		}
+		if mode == "hang" {
+			emit(fakeEvent{Ev: "hang", Req: m.Req})
+			for {
+				time.Sleep(time.Hour) // (a sleeper, not select{}: Go would call that a deadlock)
+			}
 		}
 		rep := fakeReply(m, protocol, bases)
 		if mode == "before" || (mode != "" && rep == nil) {

@@ -27,6 +27,9 @@ const (
 	DefaultBackoffMax    = time.Second
 	DefaultStopGrace     = 500 * time.Millisecond
 	DefaultReplyTimeout  = 30 * time.Second
+	// quitGrace is how long a worker that did not answer in time has to
+	// print its goroutines after SIGQUIT before SIGKILL.
+	quitGrace = 2 * time.Second
 )
 
 // Config configures a Supervisor.
@@ -535,7 +538,17 @@ func (s *Supervisor) awaitReply(ctx context.Context, w *worker, req *Msg) (*Msg,
 			return nil, errWorkerDied
 		}
 	case <-timeout:
-		s.log.Error("worker did not answer in time; killing it", "pid", w.pid, "msg", req.String(), "timeout", s.cfg.ReplyTimeout)
+		s.log.Error("worker did not answer in time; killing it (SIGQUIT first: its goroutines go to the log)",
+			"pid", w.pid, "msg", req.String(), "timeout", s.cfg.ReplyTimeout)
+		// A hung worker is a bug to find: the Go runtime answers SIGQUIT
+		// with every goroutine's stack on stderr, then exits.
+		w.signal(syscall.SIGQUIT)
+		t := time.NewTimer(quitGrace)
+		defer t.Stop()
+		select {
+		case <-w.exited:
+		case <-t.C:
+		}
 		w.signal(os.Kill)
 		return nil, errWorkerDied
 	case <-ctx.Done():

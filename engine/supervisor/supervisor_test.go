@@ -433,6 +433,27 @@ func TestInFlightMessage(t *testing.T) {
 	}
 }
 
+// TestHungWorker: a worker that does not answer within ReplyTimeout gets
+// SIGQUIT first (a Go worker prints its goroutines and exits 2), and the
+// message goes to its successor.
+func TestHungWorker(t *testing.T) {
+	h := startHarness(t, []string{"FAKE_CRASH_REQ=24", "FAKE_CRASH_MODE=hang"}, func(c *Config) {
+		c.ReplyTimeout = 500 * time.Millisecond
+	})
+	h.initSession()
+	cfg := []byte("\x00\x00\x00\x00\x08\x00\x00\x00\x00\x00\x00\x00seq-0043")
+	if rep := h.call(reqGetConfig, 0, cfg); !bytes.Equal(rep.Payload, cfg) {
+		t.Fatalf("GET_CONFIG reply %q", rep.Payload)
+	}
+	logs := h.logs.String()
+	if !strings.Contains(logs, "did not answer in time") || !strings.Contains(logs, `how="exit status 2"`) {
+		t.Fatalf("want the hung worker quit by SIGQUIT (exit status 2):\n%s", tail(logs, 20))
+	}
+	if err := h.stop(); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+}
+
 // assertNoPendingReply checks that nothing more is waiting for the frontend.
 func (h *harness) assertNoPendingReply() {
 	h.t.Helper()
