@@ -118,7 +118,9 @@ func (q *queue) ringReads() {
 	rd := &q.rd
 	for i := range rd.n {
 		fd, off, iov := rd.reps[i].ReadTarget()
-		rd.ring.ReadV(fd, iov, off, uint64(i)) // room: n <= Entries, nothing in flight
+		if !rd.ring.ReadV(fd, iov, off, uint64(i)) {
+			rd.reps[i].FinishRead(0, 0) // cannot happen (n <= Entries, nothing in flight); never leave one waiting
+		}
 	}
 	err := rd.ring.Wait()
 	for {
