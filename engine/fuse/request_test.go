@@ -12,12 +12,7 @@ import (
 // and scattered guest buffers, and keep their iovec scratch whole, so that a
 // steady stream of requests allocates nothing.
 func TestFileIOScratchReuse(t *testing.T) {
-	f, err := os.CreateTemp(t.TempDir(), "io")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	fd := int(f.Fd())
+	fd := tempFD(t, nil)
 	src := []byte("0123456789abcdefghij")
 	d := Scatter{src[:3], src[3:3], src[3:11], src[11:]}
 	var iov []unix.Iovec
@@ -47,6 +42,20 @@ func TestFileIOScratchReuse(t *testing.T) {
 	}
 }
 
+// tempFD is an fd of a new temporary file holding data, closed at cleanup.
+func tempFD(t *testing.T, data []byte) int {
+	t.Helper()
+	f, err := os.CreateTemp(t.TempDir(), "io")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	if _, err := f.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	return int(f.Fd())
+}
+
 type takeAll struct{ got *Reply }
 
 func (b *takeAll) Defer(r *Reply) bool { b.got = r; return true }
@@ -60,16 +69,8 @@ func (p *countPin) Unpin() { p.n++ }
 // of the chain's segment list (the queue reuses the chain's), and releases
 // the pin once.
 func TestDeferredRead(t *testing.T) {
-	f, err := os.CreateTemp(t.TempDir(), "io")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	fd := int(f.Fd())
 	src := []byte("0123456789abcdefghij")
-	if _, err := f.WriteAt(src, 0); err != nil {
-		t.Fatal(err)
-	}
+	fd := tempFD(t, src)
 	out := make([]byte, OutHeaderSize+64)
 	o := Scatter{out[:5], out[5:20], out[20:]}
 	var b takeAll
