@@ -52,7 +52,7 @@ func TestLauncherCommandLines(t *testing.T) {
 			"--thread-pool-size=0", "--sandbox", "none"},
 			want{dir: dir, cache: "never", fd: 23, pool: 1, level: slog.LevelInfo}},
 		{"libvirt separate options, off switches", []string{"--fd=23", "--shared-dir", dir, "--no-xattr", "--no-posix-lock",
-			"--no-flock", "--log-level=debug", "--rlimit-nofile=4096"},
+			"--no-flock", "--log-level=debug", "--rlimit-nofile=4096", "--no-io-uring"},
 			want{dir: dir, cache: "auto", fd: 23, pool: 64, noXattr: true, level: slog.LevelDebug, warnings: 2}},
 		{"kata", []string{"--syslog", "--cache=auto", "--shared-dir=" + dir, "--fd=3", "--thread-pool-size=1", "--announce-submounts"},
 			want{dir: dir, cache: "auto", fd: 3, pool: 1, syslog: true, level: slog.LevelInfo, warnings: 1}},
@@ -83,7 +83,7 @@ func TestLauncherCommandLines(t *testing.T) {
 			// What the supervisor hands its worker carries the switches.
 			wa := c.workerArgs()
 			for flag, on := range map[string]bool{"--no-xattr": c.NoXattr, "--syslog": c.Syslog,
-				"--writeback": c.Writeback, "--allow-direct-io": c.AllowDirectIO} {
+				"--writeback": c.Writeback, "--allow-direct-io": c.AllowDirectIO, "--no-io-uring": c.NoUring} {
 				if slices.Contains(wa, flag) != on {
 					t.Errorf("worker args %q: %s should be %v", wa, flag, on)
 				}
@@ -93,7 +93,7 @@ func TestLauncherCommandLines(t *testing.T) {
 				t.Fatalf("worker args %q: %v", wa, err)
 			}
 			if wc.NoXattr != c.NoXattr || wc.Writeback != c.Writeback || wc.AllowDirectIO != c.AllowDirectIO ||
-				wc.Cache != c.Cache || wc.Syslog != c.Syslog || wc.SharedDir != c.SharedDir {
+				wc.Cache != c.Cache || wc.Syslog != c.Syslog || wc.SharedDir != c.SharedDir || wc.NoUring != c.NoUring {
 				t.Errorf("worker parsed %+v from %q", wc, wa)
 			}
 		})
