@@ -122,6 +122,7 @@ func (q *queue) ringReads() {
 			rd.reps[i].FinishRead(0, 0) // cannot happen (n <= Entries, nothing in flight); never leave one waiting
 		}
 	}
+	q.m.RingSubmit(rd.n)
 	err := rd.ring.Wait()
 	for {
 		i, res, ok := rd.ring.Next()

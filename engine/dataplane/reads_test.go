@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"vfsd/engine/fuse"
+	"vfsd/engine/metrics"
 )
 
 // fileFS answers READ from one host file, as the passthrough does: the
@@ -67,7 +68,8 @@ func TestBatchedReads(t *testing.T) {
 		fs := &fileFS{fd: fd}
 		h := newHarness(t, fs, 512, true)
 		h.dp.Close()
-		h.dp, err = New(Options{Handler: fs, PoolSize: 2, Logger: quietLogger(), NoUring: noUring})
+		reg := metrics.New(2, nil)
+		h.dp, err = New(Options{Handler: fs, PoolSize: 2, Logger: quietLogger(), NoUring: noUring, Metrics: reg})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -134,6 +136,10 @@ func TestBatchedReads(t *testing.T) {
 		t.Logf("noUring=%v: %d of %d READs read at the end of their batch", noUring, d, n)
 		if noUring && d != 0 {
 			t.Fatalf("NoUring, yet %d READs were deferred", d)
+		}
+		// Every deferred READ went to the ring: a batch here is never a lone READ.
+		if got := reg.Queue(1).RingReads(); got != uint64(d) {
+			t.Fatalf("noUring=%v: vfsd_ring_reads_total %d, want %d", noUring, got, d)
 		}
 	}
 }

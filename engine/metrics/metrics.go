@@ -41,6 +41,9 @@ type Queue struct {
 	batches  [len(BatchBuckets) + 1]atomic.Uint64
 	batchSum atomic.Uint64
 	inflight atomic.Int64
+	// READs read through the queue's io_uring ring, and the submissions
+	// that carried them (engine/dataplane reads.go).
+	ringReads, ringSubmits atomic.Uint64
 
 	shared    *atomic.Uint64 // the ring's counter in a Shared memfd, or nil
 	countOnly bool           // record nothing but shared (NewCounting)
@@ -89,6 +92,18 @@ func (q *Queue) Batch(n int) {
 	q.batches[i].Add(1)
 	q.batchSum.Add(uint64(n))
 }
+
+// RingSubmit records one io_uring submission that carried n READs.
+func (q *Queue) RingSubmit(n int) {
+	if q == nil || n <= 0 || q.countOnly {
+		return
+	}
+	q.ringSubmits.Add(1)
+	q.ringReads.Add(uint64(n))
+}
+
+// RingReads returns the READs recorded by RingSubmit (for tests and tools).
+func (q *Queue) RingReads() uint64 { return q.ringReads.Load() }
 
 // Inflight adds delta to the requests popped and not yet answered.
 func (q *Queue) Inflight(delta int) {
@@ -262,6 +277,14 @@ func (r *Registry) WriteText(w io.Writer) error {
 		}
 		fmt.Fprintf(b, "vfsd_batch_size_sum{queue=%q} %d\n", q, qu.batchSum.Load())
 		fmt.Fprintf(b, "vfsd_batch_size_count{queue=%q} %d\n", q, cum)
+	}
+	header(b, "vfsd_ring_reads_total", "READs read through the queue's io_uring ring together with others of their batch.", "counter")
+	for i, qu := range r.queues {
+		fmt.Fprintf(b, "vfsd_ring_reads_total{queue=\"%d\"} %d\n", i, qu.ringReads.Load())
+	}
+	header(b, "vfsd_ring_submissions_total", "io_uring submissions of READs (one io_uring_enter each).", "counter")
+	for i, qu := range r.queues {
+		fmt.Fprintf(b, "vfsd_ring_submissions_total{queue=\"%d\"} %d\n", i, qu.ringSubmits.Load())
 	}
 	header(b, "vfsd_queue_inflight", "Requests popped from a queue and not yet answered.", "gauge")
 	for i, qu := range r.queues {

@@ -17,6 +17,8 @@ func TestTextExposition(t *testing.T) {
 	q.Batch(1)
 	q.Inflight(2)
 	q.Inflight(-1)
+	q.RingSubmit(5)
+	q.RingSubmit(2)
 	if r.Queue(2) != nil || r.Queue(-1) != nil {
 		t.Fatal("out-of-range queue not nil")
 	}
@@ -50,6 +52,9 @@ func TestTextExposition(t *testing.T) {
 		`vfsd_batch_size_sum{queue="1"} 4`,
 		`vfsd_batch_size_count{queue="0"} 0`,
 		`vfsd_queue_inflight{queue="1"} 1`,
+		`vfsd_ring_reads_total{queue="1"} 7`,
+		`vfsd_ring_submissions_total{queue="1"} 2`,
+		`vfsd_ring_reads_total{queue="0"} 0`,
 		"# TYPE vfsd_request_duration_seconds histogram\n",
 	} {
 		if !strings.Contains(out, want) {
