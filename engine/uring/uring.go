@@ -152,6 +152,7 @@ func (r *Ring) Wait() error {
 			return fmt.Errorf("uring: io_uring_enter: %w", err)
 		}
 		if n == 0 && r.queued > 0 {
+			r.settle()
 			return errors.New("uring: io_uring_enter took none of the queued reads")
 		}
 		r.queued -= uint32(n)
