@@ -542,13 +542,7 @@ func (s *Supervisor) awaitReply(ctx context.Context, w *worker, req *Msg) (*Msg,
 			"pid", w.pid, "msg", req.String(), "timeout", s.cfg.ReplyTimeout)
 		// A hung worker is a bug to find: the Go runtime answers SIGQUIT
 		// with every goroutine's stack on stderr, then exits.
-		w.signal(syscall.SIGQUIT)
-		t := time.NewTimer(quitGrace)
-		defer t.Stop()
-		select {
-		case <-w.exited:
-		case <-t.C:
-		}
+		w.signalWait(syscall.SIGQUIT, quitGrace)
 		w.signal(os.Kill)
 		return nil, errWorkerDied
 	case <-ctx.Done():

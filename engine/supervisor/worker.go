@@ -182,6 +182,20 @@ func (w *worker) read() {
 
 func (w *worker) signal(sig os.Signal) { _ = w.cmd.Process.Signal(sig) }
 
+// signalWait sends sig and waits up to d for the worker to exit; it reports
+// whether it did.
+func (w *worker) signalWait(sig os.Signal, d time.Duration) bool {
+	w.signal(sig)
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-w.exited:
+		return true
+	case <-t.C:
+		return false
+	}
+}
+
 func (w *worker) alive() bool {
 	select {
 	case <-w.exited:
@@ -200,15 +214,8 @@ func (s *Supervisor) retire(w *worker, graceful bool) {
 		return
 	}
 	w.retired = true
-	if graceful && w.alive() {
-		w.signal(syscall.SIGTERM)
-		t := time.NewTimer(s.cfg.StopGrace)
-		select {
-		case <-w.exited:
-		case <-t.C:
-			s.log.Warn("worker did not exit after SIGTERM; killing", "pid", w.pid, "grace", s.cfg.StopGrace)
-		}
-		t.Stop()
+	if graceful && w.alive() && !w.signalWait(syscall.SIGTERM, s.cfg.StopGrace) {
+		s.log.Warn("worker did not exit after SIGTERM; killing", "pid", w.pid, "grace", s.cfg.StopGrace)
 	}
 	for w.alive() {
 		w.signal(syscall.SIGKILL)
