@@ -12,9 +12,9 @@ import (
 
 // READs gathered over a batch and read with one io_uring_enter (engine/uring
 // says why). A READ served on the queue thread does not call preadv: its
-// Reply (one of reads.reps) keeps the fd, offset and iovecs and waits; when
-// the batch is published (publish calls flushReads first), or reads.reps is
-// full, the waiting reads go to the ring together and each is answered and
+// Reply (in one of reads.slots) keeps the fd, offset and iovecs and waits; when
+// the batch is published (publish calls flushReads first), or reads.slots are
+// all taken, the waiting reads go to the ring together and each is answered and
 // pushed. A batch with a single READ reads it with preadv, as before: depth 1
 // pays nothing for this.
 //
@@ -31,24 +31,26 @@ import (
 // maxDeferredReads bounds the READs one ring submission holds.
 const maxDeferredReads = 64
 
-type deferredRead struct {
+// readSlot is a chain's Reply and, while its READ waits, what pushing and
+// recording it need.
+type readSlot struct {
+	rep   fuse.Reply
 	head  uint16
 	start time.Time
 }
 
 type reads struct {
-	ring *uring.Ring  // nil: READs are read at once
-	reps []fuse.Reply // reps[n] answers the chain being served
-	meta []deferredRead
-	n    int
+	ring  *uring.Ring // nil: READs are read at once
+	slots []readSlot  // slots[n].rep answers the chain being served
+	n     int
 }
 
 // initReads sets up the queue's ring. Runs on the queue thread (the ring's
 // single issuer). Without a ring (old kernel, io_uring disabled or refused,
-// the hiprio queue, --no-io-uring) reads.reps has one Reply and READs are
+// the hiprio queue, --no-io-uring) reads.slots has one slot and READs are
 // read at once.
 func (q *queue) initReads() {
-	q.rd.reps = make([]fuse.Reply, 1)
+	q.rd.slots = make([]readSlot, 1)
 	if q.idx == hiprioQueue || q.d.o.NoUring {
 		return
 	}
@@ -62,10 +64,9 @@ func (q *queue) initReads() {
 		return
 	}
 	q.rd.ring = r
-	q.rd.reps = make([]fuse.Reply, r.Entries())
-	q.rd.meta = make([]deferredRead, r.Entries())
-	for i := range q.rd.reps {
-		q.rd.reps[i].SetBatcher(q)
+	q.rd.slots = make([]readSlot, r.Entries())
+	for i := range q.rd.slots {
+		q.rd.slots[i].rep.SetBatcher(q)
 	}
 }
 
@@ -78,7 +79,7 @@ func (q *queue) closeReads() {
 }
 
 // rep is the Reply for the chain being served.
-func (q *queue) rep() *fuse.Reply { return &q.rd.reps[q.rd.n] }
+func (q *queue) rep() *fuse.Reply { return &q.rd.slots[q.rd.n].rep }
 
 // Defer implements fuse.Batcher: every READ a queue thread serves waits for
 // the end of the batch (the Reply is q.rep()).
@@ -87,9 +88,10 @@ func (q *queue) Defer(*fuse.Reply) bool { return q.rd.ring != nil }
 // deferred records the chain whose READ waits in q.rep() and moves to the
 // next Reply, flushing when none is left.
 func (q *queue) deferred(head uint16, start time.Time) {
-	q.rd.meta[q.rd.n] = deferredRead{head: head, start: start}
+	sl := &q.rd.slots[q.rd.n]
+	sl.head, sl.start = head, start
 	q.rd.n++
-	if q.rd.n == len(q.rd.reps) {
+	if q.rd.n == len(q.rd.slots) {
 		q.flushReads()
 	}
 }
@@ -101,25 +103,26 @@ func (q *queue) flushReads() {
 	case 0:
 		return
 	case 1:
-		rd.reps[0].FinishRead(0, 0)
+		rd.slots[0].rep.FinishRead(0, 0)
 	default:
 		q.ringReads()
 	}
 	for i := range rd.n {
-		rep, m := &rd.reps[i], rd.meta[i]
-		q.record(fuse.OpRead, rep.Out(), rep.Written(), m.start)
-		q.push(m.head, rep.Written())
+		sl := &rd.slots[i]
+		q.record(fuse.OpRead, sl.rep.Out(), sl.rep.Written(), sl.start)
+		q.push(sl.head, sl.rep.Written())
 	}
 	rd.n = 0
 }
 
-// ringReads submits rd.reps[:n] in one io_uring_enter and finishes each.
+// ringReads submits the READs of rd.slots[:n] in one io_uring_enter and finishes each.
 func (q *queue) ringReads() {
 	rd := &q.rd
 	for i := range rd.n {
-		fd, off, iov := rd.reps[i].ReadTarget()
+		rep := &rd.slots[i].rep
+		fd, off, iov := rep.ReadTarget()
 		if !rd.ring.ReadV(fd, iov, off, uint64(i)) {
-			rd.reps[i].FinishRead(0, 0) // cannot happen (n <= Entries, nothing in flight); never leave one waiting
+			rep.FinishRead(0, 0) // cannot happen (n <= Entries, nothing in flight); never leave one waiting
 		}
 	}
 	q.m.RingSubmit(rd.n)
@@ -129,7 +132,7 @@ func (q *queue) ringReads() {
 		if !ok {
 			break
 		}
-		rep := &rd.reps[i]
+		rep := &rd.slots[i].rep
 		switch {
 		case res >= 0:
 			rep.FinishRead(int(res), 0)
@@ -147,8 +150,8 @@ func (q *queue) ringReads() {
 		rd.ring.Close()
 		rd.ring = nil
 		for i := range rd.n {
-			if rd.reps[i].Deferred() {
-				rd.reps[i].FinishRead(0, 0)
+			if rep := &rd.slots[i].rep; rep.Deferred() {
+				rep.FinishRead(0, 0)
 			}
 		}
 	}
