@@ -122,9 +122,6 @@ func (r *Ring) mapRings(p *params) error {
 // Entries is the number of reads one batch can hold.
 func (r *Ring) Entries() int { return int(r.entries) }
 
-// Queued is the number of reads queued since the last Wait.
-func (r *Ring) Queued() int { return int(r.queued) }
-
 // ReadV queues preadv(fd, iov, off) tagged with user, and reports false when
 // the batch is full. iov and the memory it names must stay valid until the
 // read's completion was taken with Next.

@@ -59,7 +59,7 @@ func TestReadBatch(t *testing.T) {
 			iovs[i] = append(iov(a), iov(b)...)
 			off := int64((i*5000 + round*333) % (len(data) - 4096))
 			if !r.ReadV(fd, iovs[i], off, uint64(i)|uint64(off)<<32) {
-				t.Fatalf("round %d: ReadV %d refused with %d queued", round, i, r.Queued())
+				t.Fatalf("round %d: ReadV %d refused with %d queued", round, i, r.queued)
 			}
 		}
 		if r.ReadV(fd, iovs[0], 0, 99) {
