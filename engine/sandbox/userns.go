@@ -337,6 +337,9 @@ func (u *UserNS) serveHelpers(fd int, child *os.File) {
 	buf := make([]byte, 1)
 	oob := make([]byte, unix.CmsgSpace(unix.SizeofUcred))
 	n, oobn, _, _, err := unix.Recvmsg(fd, buf, oob, 0)
+	for err == unix.EINTR {
+		n, oobn, _, _, err = unix.Recvmsg(fd, buf, oob, 0)
+	}
 	closeChild()
 	if err != nil || n == 0 {
 		return // the worker died before asking

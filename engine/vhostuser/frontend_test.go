@@ -236,8 +236,13 @@ func (f *frontend) closed() error {
 
 type fdReader int
 
+// Read retries EINTR: the socket has SO_RCVTIMEO, and a read with a timeout
+// is not restarted after the runtime's signals (SIGURG preemption).
 func (r fdReader) Read(p []byte) (int, error) {
 	n, err := unix.Read(int(r), p)
+	for err == unix.EINTR {
+		n, err = unix.Read(int(r), p)
+	}
 	if err != nil {
 		return 0, err
 	}

@@ -26,6 +26,9 @@ func (f *frontend) recvFDs(req uint32) ([]byte, []int) {
 	b := make([]byte, HeaderSize+64)
 	oob := make([]byte, unix.CmsgSpace(4*MaxFDs))
 	n, oobn, _, _, err := unix.Recvmsg(f.fd, b, oob, 0)
+	for err == unix.EINTR { // SO_RCVTIMEO: not restarted after a signal
+		n, oobn, _, _, err = unix.Recvmsg(f.fd, b, oob, 0)
+	}
 	if err != nil {
 		f.t.Fatalf("reply to %s: %v", RequestName(req), err)
 	}

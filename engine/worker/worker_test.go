@@ -158,8 +158,13 @@ func TestListenRefusesNonSocket(t *testing.T) {
 
 type fdReader int
 
+// Read retries EINTR, as a blocking read interrupted by one of the runtime's
+// signals may answer it.
 func (r fdReader) Read(p []byte) (int, error) {
 	n, err := unix.Read(int(r), p)
+	for err == unix.EINTR {
+		n, err = unix.Read(int(r), p)
+	}
 	if err != nil {
 		return 0, err
 	}
