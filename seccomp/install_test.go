@@ -180,7 +180,11 @@ func allowedWork(dir string) error {
 		return fmt.Errorf("eventfd write: %w", err)
 	}
 	evs := make([]unix.EpollEvent, 1)
-	if n, err := unix.EpollWait(ep, evs, 1000); n != 1 || err != nil {
+	n, err := unix.EpollWait(ep, evs, 1000)
+	for err == unix.EINTR { // epoll_wait is never restarted after a signal
+		n, err = unix.EpollWait(ep, evs, 1000)
+	}
+	if n != 1 || err != nil {
 		return fmt.Errorf("epoll_wait: %d, %v", n, err)
 	}
 	return nil

@@ -256,6 +256,9 @@ func waitReadable(t *testing.T, fd int) {
 	t.Helper()
 	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
 	n, err := unix.Poll(fds, 5000)
+	for err == unix.EINTR { // poll is never restarted after a signal
+		n, err = unix.Poll(fds, 5000)
+	}
 	if err != nil || n != 1 {
 		t.Fatalf("fd %d not signalled: %d, %v", fd, n, err)
 	}
