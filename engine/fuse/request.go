@@ -34,6 +34,24 @@ func (s Scatter) CopyOut(dst []byte) int {
 	return n
 }
 
+// CopyOutAt copies up to len(dst) bytes of s starting at byte offset off
+// into dst and returns the number of bytes copied.
+func (s Scatter) CopyOutAt(off int, dst []byte) int {
+	n := 0
+	for _, b := range s {
+		if n == len(dst) {
+			break
+		}
+		if off >= len(b) {
+			off -= len(b)
+			continue
+		}
+		n += copy(dst[n:], b[off:])
+		off = 0
+	}
+	return n
+}
+
 // CopyIn copies src into s starting at byte offset off and returns the number
 // of bytes copied (short when s is too small).
 func (s Scatter) CopyIn(off int, src []byte) int {
@@ -158,9 +176,7 @@ func (r *Request) Decode(in Scatter) error {
 		r.argBuf = make([]byte, fixed, max(fixed, 4096))
 	}
 	r.Arg = r.argBuf[:fixed]
-	var skip Scatter
-	skip = in.Slice(skip[:0], InHeaderSize, fixed)
-	skip.CopyOut(r.Arg)
+	in.CopyOutAt(InHeaderSize, r.Arg)
 	return nil
 }
 

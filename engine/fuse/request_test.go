@@ -110,3 +110,34 @@ func TestDeferredRead(t *testing.T) {
 		t.Fatalf("failed read: written %d, header %+v, unpinned %d", rep.Written(), h, pin.n)
 	}
 }
+
+// TestDecodeScattered: a request whose argument spans several segments
+// (the header, the fixed argument and the name each in its own, split at
+// odd places) decodes to the same bytes as a contiguous one, and decoding
+// it again allocates nothing.
+func TestDecodeScattered(t *testing.T) {
+	arg := append(Bytes(&CreateIn{Flags: 2, Mode: 0o644}), "name\x00"...)
+	msg := make([]byte, InHeaderSize+len(arg))
+	h := InHeader{Len: uint32(len(msg)), Opcode: OpCreate, Unique: 9, NodeID: 1}
+	copy(msg, Bytes(&h))
+	copy(msg[InHeaderSize:], arg)
+	in := Scatter{msg[:InHeaderSize-3], msg[InHeaderSize-3 : InHeaderSize+5], msg[InHeaderSize+5 : InHeaderSize+5], msg[InHeaderSize+5 : len(msg)-2], msg[len(msg)-2:]}
+	var r Request
+	if err := r.Decode(in); err != nil {
+		t.Fatal(err)
+	}
+	if r.Opcode != OpCreate || r.Unique != 9 || !bytes.Equal(r.Arg, arg) {
+		t.Fatalf("decoded %+v arg %q", r.InHeader, r.Arg)
+	}
+	if n := testing.AllocsPerRun(100, func() { r.Decode(in) }); n != 0 {
+		t.Fatalf("Decode allocates %.1f times", n)
+	}
+	// CopyOutAt from every offset matches the flat bytes.
+	for off := 0; off <= len(msg); off++ {
+		got := make([]byte, len(msg))
+		n := in.CopyOutAt(off, got)
+		if n != len(msg)-off || !bytes.Equal(got[:n], msg[off:]) {
+			t.Fatalf("CopyOutAt(%d) = %d %q", off, n, got[:n])
+		}
+	}
+}

@@ -194,16 +194,22 @@ func BenchmarkReaddirplus(b *testing.B) {
 }
 
 // BenchmarkCreateReleaseUnlink: CREATE, RELEASE, UNLINK and the guest's
-// FORGET of one file per op, journaled (queue 1), with an fd store.
+// FORGET of one file per op, journaled (queue 1), with an fd store, each
+// followed by the FS.Flush of a publish. allocs/op are the FS's (the
+// harness reuses its buffers): the new file's inode and handle.
 func BenchmarkCreateReleaseUnlink(b *testing.B) {
 	store := newFakeStore(b)
 	c := newTFS(b, Options{FDStore: store})
 	c.t = &testing.T{}
 	c.queue = 1
+	c.bench = true
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	cr := wire(fuse.CreateIn{Flags: unix.O_WRONLY | unix.O_EXCL, Mode: 0o644})
 	nm := name("x")
+	var rel fuse.ReleaseIn
+	relb := fuse.Bytes(&rel)
+	fg := wire(fuse.ForgetIn{Nlookup: 1})
 	b.ReportAllocs()
 	for b.Loop() {
 		c.head++
@@ -216,7 +222,8 @@ func BenchmarkCreateReleaseUnlink(b *testing.B) {
 		var o fuse.OpenOut
 		fuse.Parse(rest, &o)
 		c.head++
-		if e, _ := c.call(fuse.OpRelease, ent.NodeID, wire(fuse.ReleaseIn{Fh: o.Fh})); e != 0 {
+		rel.Fh = o.Fh
+		if e, _ := c.call(fuse.OpRelease, ent.NodeID, relb); e != 0 {
 			b.Fatal(e)
 		}
 		c.head++
@@ -224,7 +231,7 @@ func BenchmarkCreateReleaseUnlink(b *testing.B) {
 			b.Fatal(e)
 		}
 		c.head++
-		c.call(fuse.OpForget, ent.NodeID, wire(fuse.ForgetIn{Nlookup: 1}))
+		c.call(fuse.OpForget, ent.NodeID, fg)
 	}
 }
 

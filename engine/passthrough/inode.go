@@ -980,7 +980,7 @@ func (fs *FS) removeHandle(fh uint64) (*handle, unix.Errno) {
 		fs.uncacheDir(h)
 		crash(cpMaptable)
 		if fs.store != nil {
-			fs.sq.drop(fhName(fh))
+			fs.sq.dropHandle(fh)
 			crash(cpStore)
 		}
 		return h, 0

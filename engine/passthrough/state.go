@@ -59,8 +59,19 @@ type FDStore interface {
 	Remove(name string) error
 }
 
-func inoName(id uint64) string { return "ino." + strconv.FormatUint(id, 16) }
-func fhName(id uint64) string  { return "fh." + strconv.FormatUint(id, 16) }
+func inoName(id uint64) string { return storeName("ino.", id) }
+func fhName(id uint64) string  { return storeName("fh.", id) }
+
+// storeName is prefix followed by id in hex, built with one allocation
+// (the string); appendStoreName builds it in the caller's buffer.
+func storeName(prefix string, id uint64) string {
+	var b [24]byte
+	return string(appendStoreName(b[:0], prefix, id))
+}
+
+func appendStoreName(b []byte, prefix string, id uint64) []byte {
+	return strconv.AppendUint(append(b, prefix...), id, 16)
+}
 
 // storeFD hands fd to the store under name, durable on return. The crash
 // point mid-fd-handover comes first: the fd exists (and its handle or

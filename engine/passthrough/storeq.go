@@ -169,15 +169,54 @@ func (q *storeQueue) remove(name string) error { return q.removeName(name, false
 // is sent at all.
 func (q *storeQueue) drop(name string) error { return q.removeName(name, true) }
 
+// dropHandle is drop(fhName(id)) that builds the name as a string only when
+// a remove must be queued: a RELEASE of a handle whose store is still
+// queued (lazy mode: an OPEN and its RELEASE within lazyMax) allocates
+// nothing.
+func (q *storeQueue) dropHandle(id uint64) error {
+	var b [24]byte
+	name := appendStoreName(b[:0], "fh.", id)
+	if q.batch == nil {
+		return q.out.Remove(string(name))
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.cancelLocked(name) {
+		q.queued.Store(len(q.names)+len(q.removes) > 0)
+		return nil
+	}
+	return q.queueRemoveLocked(string(name))
+}
+
 func (q *storeQueue) removeName(name string, once bool) error {
 	if q.batch == nil {
 		return q.out.Remove(name)
 	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	if q.cancelLocked([]byte(name)) && once {
+		q.queued.Store(len(q.names)+len(q.removes) > 0)
+		return nil
+	}
+	return q.queueRemoveLocked(name)
+}
+
+// queueRemoveLocked queues the removal of name (owned by the queue from
+// here on). Precondition: q.mu held.
+func (q *storeQueue) queueRemoveLocked(name string) error {
+	ferr := q.roomLocked(name, false)
+	q.removes = append(q.removes, name)
+	q.text += len(name) + 1
+	q.queued.Store(true)
+	return ferr
+}
+
+// cancelLocked drops the queued stores of name, unpinning their fdRefs,
+// and reports whether there was one. Precondition: q.mu held.
+func (q *storeQueue) cancelLocked(name []byte) bool {
 	canceled := false
 	for i := 0; i < len(q.names); i++ {
-		if q.names[i] == name {
+		if q.names[i] == string(name) {
 			q.refs[i].unpin()
 			q.names = append(q.names[:i], q.names[i+1:]...)
 			q.fds = append(q.fds[:i], q.fds[i+1:]...)
@@ -193,15 +232,7 @@ func (q *storeQueue) removeName(name string, once bool) error {
 	} else if canceled {
 		q.since.Store(q.times[0])
 	}
-	if canceled && once {
-		q.queued.Store(len(q.names)+len(q.removes) > 0)
-		return nil
-	}
-	ferr := q.roomLocked(name, false)
-	q.removes = append(q.removes, name)
-	q.text += len(name) + 1
-	q.queued.Store(true)
-	return ferr
+	return canceled
 }
 
 // flush sends everything queued.
