@@ -48,7 +48,7 @@ func (h *hot) run() unix.Errno {
 
 // hotSetup returns an FS with a 1 MiB file "f" looked up and opened.
 func hotSetup(t testing.TB) (c *tfs, f fuse.EntryOut, fh uint64) {
-	c = newTFS(t, Options{})
+	c = newTFS(t, Options{Xattr: true})
 	if tt, ok := t.(*testing.T); ok {
 		c.t = tt
 	} else {
@@ -81,15 +81,48 @@ func hotRequests(c *tfs, f fuse.EntryOut, fh uint64) map[string]*hot {
 	}
 }
 
+// moreRequests are other requests a guest repeats on known inodes and open
+// handles (the root directory opened here for the listings).
+func moreRequests(t testing.TB, c *tfs, f fuse.EntryOut, fh uint64) map[string]*hot {
+	e, p := c.call(fuse.OpOpendir, fuse.RootID, b(fuse.OpenIn{}))
+	if e != 0 {
+		t.Fatal(e)
+	}
+	var d fuse.OpenOut
+	fuse.Parse(p, &d)
+	return map[string]*hot{
+		"STATFS":        newHot(c.fs, fuse.OpStatfs, fuse.RootID),
+		"ACCESS":        newHot(c.fs, fuse.OpAccess, f.NodeID, b(fuse.AccessIn{Mask: unix.R_OK})),
+		"FLUSH":         newHot(c.fs, fuse.OpFlush, f.NodeID, b(fuse.FlushIn{Fh: fh})),
+		"FSYNC":         newHot(c.fs, fuse.OpFsync, f.NodeID, b(fuse.FsyncIn{Fh: fh, FsyncFlags: 1})),
+		"SETATTR mode":  newHot(c.fs, fuse.OpSetattr, f.NodeID, b(fuse.SetattrIn{Valid: fuse.FattrMode, Mode: 0o644})),
+		"SETATTR size":  newHot(c.fs, fuse.OpSetattr, f.NodeID, b(fuse.SetattrIn{Valid: fuse.FattrSize | fuse.FattrFH, Fh: fh, Size: 1 << 20})),
+		"LISTXATTR":     newHot(c.fs, fuse.OpListxattr, f.NodeID, b(fuse.GetxattrIn{Size: 100})),
+		"LOOKUP absent": newHot(c.fs, fuse.OpLookup, fuse.RootID, name("absent")),
+		"LSEEK":         newHot(c.fs, fuse.OpLseek, f.NodeID, b(fuse.LseekIn{Fh: fh, Whence: unix.SEEK_DATA})),
+		"READDIR":       newHot(c.fs, fuse.OpReaddir, fuse.RootID, b(fuse.ReadIn{Fh: d.Fh, Size: 4096})),
+		"READDIRPLUS":   newHot(c.fs, fuse.OpReaddirplus, fuse.RootID, b(fuse.ReadIn{Fh: d.Fh, Size: 4096})),
+	}
+}
+
 // TestHotPathAllocs: GETATTR, LOOKUP of a known inode, READ and WRITE
-// allocate nothing per request.
+// allocate nothing per request, nor do the moreRequests (a LOOKUP that
+// finds nothing, listings of known entries, attribute changes, syncs).
 func TestHotPathAllocs(t *testing.T) {
 	if raceEnabled {
 		t.Skip("the race detector's instrumentation allocates")
 	}
 	c, f, fh := hotSetup(t)
-	for op, h := range hotRequests(c, f, fh) {
-		if e := h.run(); e != 0 {
+	reqs := hotRequests(c, f, fh)
+	for op, h := range moreRequests(t, c, f, fh) {
+		reqs[op] = h
+	}
+	for op, h := range reqs {
+		want := unix.Errno(0)
+		if op == "LOOKUP absent" {
+			want = unix.ENOENT
+		}
+		if e := h.run(); e != want {
 			t.Fatalf("%s: %v", op, e)
 		}
 		if n := testing.AllocsPerRun(200, func() { h.run() }); n != 0 {
