@@ -322,7 +322,14 @@ func (fs *FS) killPlock(k plockKey, p *plock) {
 
 // lockState tracks SETLKW waiters by request unique.
 type lockState struct {
-	mu sync.Mutex
+	// gate orders retries against cancelAll: a waiter retries holding it
+	// shared, after checking that it was not cancelled; cancelAll, after
+	// closing every waiter's channel, takes it exclusively once. So when
+	// cancelAll returns no waiter is trying and none will try again, and
+	// DESTROY can close the handles: a lock they held can no longer go to
+	// a cancelled waiter (which then answers EINTR, never success).
+	gate sync.RWMutex
+	mu   sync.Mutex
 	// +checklocks:mu
 	waiters map[uint64]chan struct{}
 	// early holds INTERRUPTs that arrived before their SETLKW started (the
@@ -372,15 +379,32 @@ func (l *lockState) interrupt(unique uint64) {
 	l.next = (l.next + 1) % len(l.early)
 }
 
-// cancelAll ends every wait (DESTROY, Close).
+// cancelAll ends every wait (DESTROY, Close) and returns once no
+// cancelled waiter is still retrying (gate).
 func (l *lockState) cancelAll() {
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	for u, ch := range l.waiters {
 		delete(l.waiters, u)
 		close(ch)
 	}
 	l.early = [16]uint64{}
+	l.mu.Unlock()
+	l.gate.Lock()
+	l.gate.Unlock()
+}
+
+// retry runs one retry of the waiter whose channel is ch, unless it was
+// cancelled: then it answers EINTR. attempt reports the answer and whether
+// the wait is over.
+func (l *lockState) retry(ch chan struct{}, attempt func() (unix.Errno, bool)) (unix.Errno, bool) {
+	l.gate.RLock()
+	defer l.gate.RUnlock()
+	select {
+	case <-ch:
+		return unix.EINTR, true
+	default:
+	}
+	return attempt()
 }
 
 // Retry schedule of SETLKW; variables so tests can shorten them.
@@ -551,25 +575,24 @@ func (fs *FS) setlk(req *fuse.Request, rep *fuse.Reply, arg []byte, wait bool) {
 			return
 		case <-t.C:
 		}
-		if h.dead.Load() || p != nil && p.dead.Load() {
-			// Released (or the owner's lock fd flushed) under us; at
-			// DESTROY (which cancels before it closes) the answer is
-			// EINTR like any cancelled wait.
-			select {
-			case <-ch:
-				rep.Error(unix.EINTR)
-			default:
-				rep.Error(unix.EBADF)
+		eno, done := fs.locks.retry(ch, func() (unix.Errno, bool) {
+			if h.dead.Load() || p != nil && p.dead.Load() {
+				return unix.EBADF, true // released (or the owner's lock fd flushed) under us
 			}
-			return
-		}
-		err := try()
-		if err == nil {
+			switch err := try(); {
+			case err == nil:
+				return 0, true
+			case !contended(err):
+				return errno(err), true
+			}
+			return 0, false
+		})
+		switch {
+		case done && eno == 0:
 			rep.Ok()
 			return
-		}
-		if !contended(err) {
-			rep.Error(errno(err))
+		case done:
+			rep.Error(eno)
 			return
 		}
 		if time.Now().After(deadline) {

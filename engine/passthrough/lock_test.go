@@ -287,3 +287,48 @@ func TestSetlkwWaitSlice(t *testing.T) {
 		t.Fatal("SETLKW not granted after the unlock")
 	}
 }
+
+// TestCancelAllWaitsForRetries: cancelAll returns only once a retry in
+// progress has finished, and a retry after it answers EINTR without
+// trying: DESTROY closes the handles after cancelAll, so a lock they held
+// cannot go to a waiter it cancelled (seen once as TestLocks' "SETLKW at
+// DESTROY" answering success: the waiter's timer and the cancel were ready
+// together and the timer won).
+func TestCancelAllWaitsForRetries(t *testing.T) {
+	var l lockState
+	l.init()
+	ch, ok := l.add(7)
+	if !ok {
+		t.Fatal("add refused")
+	}
+	inTry, release := make(chan struct{}), make(chan struct{})
+	retried := make(chan unix.Errno)
+	go func() {
+		eno, _ := l.retry(ch, func() (unix.Errno, bool) {
+			close(inTry)
+			<-release
+			return 0, true
+		})
+		retried <- eno
+	}()
+	<-inTry
+	canceled := make(chan struct{})
+	go func() { l.cancelAll(); close(canceled) }()
+	select {
+	case <-canceled:
+		t.Fatal("cancelAll returned while a retry was trying")
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(release)
+	if eno := <-retried; eno != 0 {
+		t.Fatalf("the retry in progress answered %v", eno)
+	}
+	<-canceled
+	eno, done := l.retry(ch, func() (unix.Errno, bool) {
+		t.Error("a cancelled waiter tried again")
+		return 0, true
+	})
+	if eno != unix.EINTR || !done {
+		t.Fatalf("retry after cancelAll: %v %v, want EINTR", eno, done)
+	}
+}
