@@ -630,7 +630,7 @@ func TestLocks(t *testing.T) {
 	// INTERRUPT ends a waiting SETLKW with EINTR; so does an INTERRUPT
 	// that arrives before the SETLKW runs.
 	done = setlkw(9002, fuse.LkIn{Fh: h1, Owner: 1, Lk: wr})
-	time.Sleep(10 * time.Millisecond)
+	waitWaiters(t, c.fs, 1)
 	if eno, p := c.call(fuse.OpInterrupt, 0, b(fuse.InterruptIn{Unique: 9002})); eno != 0 || p != nil {
 		t.Fatal("INTERRUPT must not be answered")
 	}
@@ -646,7 +646,7 @@ func TestLocks(t *testing.T) {
 	// RELEASE of the handle a SETLKW waits on ends the wait with EBADF.
 	h3 := c.open(f.NodeID, unix.O_RDWR)
 	done = setlkw(9005, fuse.LkIn{Fh: h3, Owner: 3, Lk: wr})
-	time.Sleep(10 * time.Millisecond)
+	waitWaiters(t, c.fs, 1)
 	c.call(fuse.OpRelease, f.NodeID, b(fuse.ReleaseIn{Fh: h3}))
 	select {
 	case e := <-done:
@@ -662,7 +662,7 @@ func TestLocks(t *testing.T) {
 		t.Errorf("host flock while guest holds it: %v", err)
 	}
 	done = setlkw(9004, fuse.LkIn{Fh: h2, Owner: 2, Lk: wr, LkFlags: fuse.LkFlock})
-	time.Sleep(10 * time.Millisecond)
+	waitWaiters(t, c.fs, 1)
 	c.call(fuse.OpDestroy, fuse.RootID)
 	select {
 	case e := <-done:

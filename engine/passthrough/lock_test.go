@@ -205,7 +205,7 @@ func TestCancelWaits(t *testing.T) {
 		}
 		dones = append(dones, blockingCall(t, c.fs, fuse.OpSetlkw, uint64(7000+i), f.NodeID, fuse.Bytes(&lk)))
 	}
-	time.Sleep(20 * time.Millisecond)
+	waitWaiters(t, c.fs, 3)
 	for _, d := range dones {
 		select {
 		case e := <-d:
@@ -224,6 +224,23 @@ func TestCancelWaits(t *testing.T) {
 	}
 	if l := hostConflict(t, c.path("f"), 0, 0); l.Type != unix.F_WRLCK {
 		t.Errorf("the granted lock went with CancelWaits: %+v", l)
+	}
+}
+
+// waitWaiters waits until n SETLKWs wait on fs's locks (registered, so a
+// cancel reaches them), instead of sleeping for "long enough".
+func waitWaiters(t *testing.T, fs *FS, n int) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		fs.locks.mu.Lock()
+		got := len(fs.locks.waiters)
+		fs.locks.mu.Unlock()
+		if got >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d SETLKWs waiting after 5 s, want %d", got, n)
+		}
 	}
 }
 
@@ -278,7 +295,7 @@ func TestSetlkwWaitSlice(t *testing.T) {
 	}
 	// Freed within the slice: granted.
 	d := blockingCall(t, c.fs, fuse.OpSetlkw, 7101, f.NodeID, fuse.Bytes(&lk))
-	time.Sleep(50 * time.Millisecond)
+	waitWaiters(t, c.fs, 1)
 	wantErr(t, "A unlock", c.setlk(f.NodeID, fh, 1, unix.F_UNLCK, 0, fuse.OffsetMax), 0)
 	select {
 	case e := <-d:
