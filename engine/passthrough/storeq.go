@@ -42,7 +42,7 @@ type BatchStore interface {
 //     stores wait for a storeNow, a queued remove or the limits, at most
 //     lazyMax (then the next publish or Idle sends them, and only them:
 //     the younger ones keep waiting): an OPEN and its RELEASE within that
-//     time cost no message at all (drop cancels the store and sends no
+//     time cost no message at all (dropHandle cancels the store and sends no
 //     remove). What re-opening cannot restore is made durable
 //     first: a flock is taken only after a flush (the lock lives on the
 //     handle's open file description), and an open file's inode losing its
@@ -161,18 +161,11 @@ func (q *storeQueue) appendLocked(name string, fd int, r *fdRef) error {
 	return ferr
 }
 
-// remove queues the removal of every fd stored under name.
-func (q *storeQueue) remove(name string) error { return q.removeName(name, false) }
-
-// drop is remove for a name stored at most once (a handle's "fh."): when
-// that store is still queued, the store never had the name and nothing
-// is sent at all.
-func (q *storeQueue) drop(name string) error { return q.removeName(name, true) }
-
-// dropHandle is drop(fhName(id)) that builds the name as a string only when
-// a remove must be queued: a RELEASE of a handle whose store is still
-// queued (lazy mode: an OPEN and its RELEASE within lazyMax) allocates
-// nothing.
+// dropHandle is the remove of a handle's "fh." name, which is stored at
+// most once: when that store is still queued, the store never had the name
+// and nothing is sent at all (lazy mode: an OPEN and its RELEASE within
+// lazyMax). The name becomes a string only when a remove must be queued,
+// so that case allocates nothing.
 func (q *storeQueue) dropHandle(id uint64) error {
 	var b [24]byte
 	name := appendStoreName(b[:0], "fh.", id)
@@ -188,16 +181,16 @@ func (q *storeQueue) dropHandle(id uint64) error {
 	return q.queueRemoveLocked(string(name))
 }
 
-func (q *storeQueue) removeName(name string, once bool) error {
+// remove queues the removal of every fd stored under name (a queued store
+// of it is cancelled, and the remove still sent: the name may be in the
+// store from before).
+func (q *storeQueue) remove(name string) error {
 	if q.batch == nil {
 		return q.out.Remove(name)
 	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if q.cancelLocked([]byte(name)) && once {
-		q.queued.Store(len(q.names)+len(q.removes) > 0)
-		return nil
-	}
+	q.cancelLocked([]byte(name))
 	return q.queueRemoveLocked(name)
 }
 
