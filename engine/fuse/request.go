@@ -23,16 +23,7 @@ func (s Scatter) Len() int {
 
 // CopyOut copies up to len(dst) bytes from the start of s into dst and
 // returns the number of bytes copied.
-func (s Scatter) CopyOut(dst []byte) int {
-	n := 0
-	for _, b := range s {
-		if n == len(dst) {
-			break
-		}
-		n += copy(dst[n:], b)
-	}
-	return n
-}
+func (s Scatter) CopyOut(dst []byte) int { return s.CopyOutAt(0, dst) }
 
 // CopyOutAt copies up to len(dst) bytes of s starting at byte offset off
 // into dst and returns the number of bytes copied.

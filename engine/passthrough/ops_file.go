@@ -469,7 +469,7 @@ func (fs *FS) appendResume(x *txn, fd int, data fuse.Scatter, size int64) (int64
 		return -1, true
 	}
 	want := make([]byte, m)
-	data.Slice(nil, int(k), int(m)).CopyOut(want)
+	data.CopyOutAt(int(k), want)
 	if !bytes.Equal(got, want) {
 		return -1, true
 	}
