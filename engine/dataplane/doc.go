@@ -7,8 +7,9 @@
 // and a completion eventfd (blocking requests done);
 // on wake, with notifications disabled, pop every available chain, decode it
 // in place (fuse.Request.Decode), answer it into its writable segments
-// (fuse.Reply) and push it; publish the used index once per batch and write
-// the call eventfd once when vring says the driver wants it; re-enable
+// (fuse.Reply) and push it; publish the used index once per batch (and on
+// the way through a long one, publishEarly) and write the call eventfd once
+// per publish when vring says the driver wants it; re-enable
 // notifications and loop again if work arrived meanwhile. The non-blocking
 // path allocates nothing per request (see BenchmarkQueue).
 //

@@ -435,6 +435,43 @@ func (q *queue) publish() {
 	}
 }
 
+// Early publishing. A batch is published when it ends, with one
+// notification if the driver asked for one; a long batch is also published
+// on the way, once it holds earlyMin answers and has run earlyAfter since it
+// began or was last published. Without it a driver with 32 requests in
+// flight got nothing back until all 32 were done and only then refilled the
+// ring, while the queue thread ran dry and polled: the two alternated
+// instead of overlapping. earlyAfter keeps the extra notification (a
+// wake-up of the driver, about 13 µs of the queue thread's time on the
+// development VM) a small share of the batch's time, and earlyMin keeps
+// short batches and lone large requests at one notification: with
+// publishing after every 16 answers regardless of time, GETATTR at depth
+// 32 fell 27%; with publishing every 100 µs regardless of count,
+// READDIRPLUS at depth 32 fell 40% (its every answer notified, and the
+// driver's FORGETs then came between the queue's lookups).
+//
+// tools/loadgen at depth 32, vfsd --no-supervisor, interleaved runs: WRITE
+// 4 KiB 80.4k -> 99.0k ops/s (geometric mean of 8 pairs; CPU per operation
+// 10.95 -> 9.02 µs), LOOKUP 109k -> 125k, READ 4 KiB 184k -> 198k (3
+// pairs); GETATTR, READ/WRITE 128 KiB and 1 MiB, CREATE and READDIRPLUS
+// within the runs' noise. A batch shorter than earlyMin is as before.
+const (
+	earlyMin   = 16
+	earlyAfter = 100 * time.Microsecond
+)
+
+// publishEarly publishes the batch so far when it is long enough (see
+// earlyMin); since is when the batch began or was last published.
+func (q *queue) publishEarly(since *time.Time) {
+	if q.pushed+q.rd.n < earlyMin {
+		return
+	}
+	if now := time.Now(); now.Sub(*since) >= earlyAfter {
+		q.publish()
+		*since = now
+	}
+}
+
 // fail marks the ring broken: nothing more is popped or pushed.
 func (q *queue) fail(err error) {
 	if q.broken {
@@ -461,6 +498,7 @@ func (q *queue) drain() bool {
 	}(budget)
 	for {
 		q.vq.DisableNotify()
+		since := time.Now()
 		for budget > 0 {
 			q.popping = true
 			ok, err := q.vq.Pop(&q.chain)
@@ -481,6 +519,7 @@ func (q *queue) drain() bool {
 			budget--
 			crashpoint.Hit(crashpoint.AfterPop)
 			q.serve(false)
+			q.publishEarly(&since)
 		}
 		q.publish()
 		if budget == 0 {
